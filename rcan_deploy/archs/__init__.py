@@ -1,0 +1,56 @@
+"""RCAN architectures: one module per checkpoint layout and a registry of named variants.
+
+>>> from rcan_deploy.archs import build_model, variant_config
+>>> model = build_model("official", variant_config("rcan-sr4k", scale=2))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import UserError
+from . import basicsr, official, rcan_pytorch
+from .config import VARIANT_HELP, VARIANTS, RCANConfig, canonical_variant, match_variant, variant_config
+
+
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint layout: how to build it and what input range its forward expects."""
+
+    name: str
+    builder: Callable[[RCANConfig], nn.Module]
+    native_range: int
+    description: str
+
+
+SOURCES: dict[str, Source] = {
+    "official": Source("official", official.OfficialRCAN, official.NATIVE_RANGE,
+                       "yulunzhang/RCAN plain state_dict, RGB 0..255, MeanShift 1x1 convs"),
+    "basicsr": Source("basicsr", basicsr.BasicSRRCAN, basicsr.NATIVE_RANGE,
+                      "BasicSR {'params'|'params_ema'}, RGB 0..1"),
+    "rcan-pytorch": Source("rcan-pytorch", rcan_pytorch.RCANPyTorch, rcan_pytorch.NATIVE_RANGE,
+                           "Lornatang RCAN-PyTorch .pth.tar {'state_dict'}, RGB 0..1"),
+}
+
+
+def get_source(name: str) -> Source:
+    """Look up a layout by name; error naming ``--source`` for unknown names."""
+    if name not in SOURCES:
+        raise UserError(f"--source {name!r}: unknown; choose one of {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+def build_model(source: str, config: RCANConfig) -> nn.Module:
+    """Build an RCAN network in the given layout, in eval mode, with default initialisation."""
+    if config.attention == "cbam" and (source != "rcan-pytorch" or config.upsampler != "single"):
+        raise UserError("CBAM attention exists only in the rcan-pytorch layout (variant rcan-cbam)")
+    if config.head_stride == 2 and source == "rcan-pytorch":
+        raise UserError("the SR4K variants exist in the official and basicsr layouts only")
+    return get_source(source).builder(config).eval()
+
+
+__all__ = ["RCANConfig", "SOURCES", "Source", "VARIANTS", "VARIANT_HELP", "build_model",
+           "canonical_variant", "get_source", "match_variant", "variant_config"]

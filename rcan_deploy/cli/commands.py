@@ -1,0 +1,153 @@
+"""The click commands. Each parses flags and calls one function of :mod:`rcan_deploy.api`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .. import api, defaults
+from ..archs import SOURCES, VARIANT_HELP
+from ..errors import GateFailure
+
+_PIXEL_SHUFFLE_FORMS = ("reshape", "reshape5d", "convtranspose")
+
+
+def _parse_shape(ctx, param, value):
+    """HxW (e.g. 1080x1920) -> (H, W)."""
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HxW (e.g. 1080x1920)") from None
+    if h <= 0 or w <= 0:
+        raise click.BadParameter(f"{value!r}: sizes must be positive")
+    return h, w
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rcan-deploy")
+def cli() -> None:
+    """Export, rewrite, inspect and quantize RCAN super-resolution networks for deployment."""
+
+
+@cli.command()
+@click.option("--source", type=click.Choice(list(SOURCES)), default=None,
+              help=f"Checkpoint layout. Default: detected from --weights, else {defaults.SOURCE}.")
+@click.option("--variant", default=None, metavar="NAME",
+              help=f"Named architecture ({', '.join(VARIANT_HELP)}). Default: inferred from "
+                   f"--weights, else {defaults.VARIANT}.")
+@click.option("--scale", type=int, default=None,
+              help=f"Upscaling factor. Default: inferred from --weights, else {defaults.SCALE}.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint (.pt/.pth/.pth.tar) of any supported layout.")
+@click.option("--random-weights", is_flag=True, help="Use seeded random weights (no checkpoint).")
+@click.option("--param-key", default=None,
+              help="Container key to load (params_ema, params, state_dict, ema_state_dict). "
+                   "Default: params_ema when present, then params, state_dict.")
+@click.option("--shape", callback=_parse_shape, default="x".join(map(str, defaults.SHAPE)),
+              show_default=True, metavar="HxW", help="Fixed input height x width.")
+@click.option("--opset", type=int, default=defaults.OPSET, show_default=True,
+              help="ONNX opset (11..21).")
+@click.option("--pixel-shuffle", type=click.Choice(["keep", *_PIXEL_SHUFFLE_FORMS]),
+              default="keep", show_default=True,
+              help="keep DepthToSpace, or rewrite it: reshape (6-D), reshape5d (rank <= 5), "
+                   "convtranspose (rank 4 only).")
+@click.option("--input-range", type=click.Choice(["native", "1", "255"]), default="native",
+              show_default=True,
+              help="Value range of the graph's input/output: the source's own (official 255, "
+                   "basicsr and rcan-pytorch 1) or forced.")
+@click.option("--fold-meanshift", is_flag=True,
+              help="Fold the official MeanShift 1x1 convs into their neighbours.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of random weights and of the verification input.")
+@click.option("--out", type=click.Path(dir_okay=False), default=defaults.FP32_ONNX,
+              show_default=True, help="Output ONNX file (a .json sidecar is written next to it).")
+def export(out, shape, **kwargs) -> None:
+    """Export an RCAN checkpoint to a fixed-shape, verified ONNX graph."""
+    record = api.export(out, shape=shape, **kwargs)
+    verification = record["verification"]
+    click.echo(f"wrote {out}: {record['source']} {record['variant']} x{record['config']['scale']}, "
+               f"input {record['input_shape']} -> output {record['output_shape']}, "
+               f"range 0..{record['input_range']}")
+    click.echo(f"verified against PyTorch at {verification['shape']}: max abs error "
+               f"{verification['max_abs_error']:.3g} (tolerance {verification['tolerance']:.3g}); "
+               f"export took {record['export']['seconds']:.1f} s")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--pixel-shuffle", type=click.Choice(_PIXEL_SHUFFLE_FORMS), default=None,
+              help="Replace DepthToSpace / traced pixel-shuffle patterns by this form.")
+@click.option("--fold-meanshift", is_flag=True,
+              help="Fold MeanShift-style 1x1 convs into the neighbouring convs.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output ONNX file.")
+def rewrite(model, pixel_shuffle, fold_meanshift, out) -> None:
+    """Apply accelerator graph passes to any ONNX file; the result is verified numerically."""
+    record = api.rewrite(model, out, pixel_shuffle=pixel_shuffle, fold_meanshift=fold_meanshift)
+    verification = record["rewrite_verification"]
+    checked = (f"skipped ({verification['skipped']})" if "skipped" in verification else
+               f"max abs error {verification['max_abs_error']:.3g} at {verification['shape']}")
+    click.echo(f"wrote {out}: {record['rewrite']['passes']} site(s) rewritten; "
+               f"verification {checked}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--max-rank", type=click.IntRange(min=0), default=None,
+              help="Fail when any tensor has a higher rank.")
+@click.option("--forbid-ops", default="", metavar="A,B",
+              help="Comma-separated ONNX op types that must not appear (e.g. DepthToSpace).")
+def check(model, max_rank, forbid_ops) -> None:
+    """Report ops and the largest tensor rank; exit 1 when the graph breaks the limits."""
+    forbidden = [op.strip() for op in forbid_ops.split(",") if op.strip()]
+    result = api.check(model, max_rank=max_rank, forbid_ops=forbidden)
+    click.echo(f"{model}: {sum(result.ops.values())} nodes, largest tensor rank "
+               f"{result.max_rank} ({result.max_rank_tensor})")
+    for op, count in result.ops.items():
+        click.echo(f"  {op:<20} {count}")
+    if not result:
+        raise GateFailure("; ".join(result.violations))
+    click.echo("check passed" + (" (no limits given)" if max_rank is None and not forbidden else ""))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--shape", callback=_parse_shape, default=None, metavar="HxW",
+              help="Input size for graphs with a dynamic input.")
+def info(model, as_json, shape) -> None:
+    """Params and per-layer/total conv MACs at the graph's shape, next to the reference table."""
+    result = api.info(model, shape=shape)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{model}: input {result['input_shape']} -> output {result['output_shape']}")
+    click.echo(f"{'layer':<44} {'op':<14} {'output':<22} {'kernel':<7} {'MMACs':>10} {'params':>9}")
+    for layer in result["layers"]:
+        kernel = "x".join(map(str, layer["kernel"]))
+        click.echo(f"{layer['name'][:44]:<44} {layer['op']:<14} {str(layer['output_shape']):<22} "
+                   f"{kernel:<7} {layer['macs'] / 1e6:>10.1f} {layer['params']:>9,}")
+    click.echo(f"params            {result['params']:,}")
+    click.echo(f"conv MACs         {result['macs']:,} ({result['gmacs']:.3f} GMACs); bias adds "
+               f"{result['macs_bias']:,}")
+    click.echo(f"FLOPs(G), reference convention 2*MACs/9e8: {result['flops_g_reference']:.3f} "
+               f"(bias not counted), {result['flops_g_reference_with_bias']:.3f} (bias counted)")
+    for row in result["reference"]:
+        counted = (result["flops_g_reference_with_bias"] if row["flops_counts_bias"] == "true"
+                   else result["flops_g_reference"])
+        click.echo(f"reference table: {row['model']} ({row['source']}, {row['precision']}) "
+                   f"FLOPs(G) {row['flops_g']} params {int(row['params']):,}; ours {counted:.3f} / "
+                   f"{result['params']:,} ({'bias counted' if row['flops_counts_bias'] == 'true' else 'bias not counted'})")
+
+
+@cli.command()
+def variants() -> None:
+    """List the checkpoint layouts and named variants."""
+    click.echo("sources:")
+    for source in SOURCES.values():
+        click.echo(f"  {source.name:<14} {source.description}")
+    click.echo("variants:")
+    for name, text in VARIANT_HELP.items():
+        click.echo(f"  {name:<14} {text}")

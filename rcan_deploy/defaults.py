@@ -1,0 +1,24 @@
+"""Defaults shared by every command, kept in one place so commands chain through file names.
+
+``export`` writes ``rcan.onnx``; ``quantize`` reads it and writes ``rcan_int8.onnx``; ``build``
+reads that and writes ``rcan_int8.plan``; ``bench`` finds the FP32 reference of an artifact by
+following the ``source`` entries of the JSON sidecars.
+"""
+
+FP32_ONNX = "rcan.onnx"
+INT8_ONNX = "rcan_int8.onnx"
+INT8_ENGINE = "rcan_int8.plan"
+
+SOURCE = "basicsr"
+VARIANT = "rcan-sr4k"
+SCALE = 2
+SHAPE = (1080, 1920)  # H x W of the fixed-shape graph input
+# Opset 13: DepthToSpace CRD (>= 11) and per-channel QuantizeLinear (>= 13), and the highest
+# opset that common NPU toolchains accept.
+OPSET = 13
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+# Small size at which a graph is traced and checked against PyTorch (H x W, not square so that
+# swapped axes are caught; even so that stride-2 heads divide it).
+TRACE_SHAPE = (32, 48)
+VERIFY_SHAPE = (40, 56)

@@ -1,0 +1,161 @@
+"""PyTorch -> fixed-shape ONNX without running the network at the deployment resolution.
+
+The network is traced once at a small size with symbolic H and W, simplified, rewritten by the
+requested graph passes and checked against PyTorch on ONNX Runtime at a small verification
+size. Only then is the input shape fixed (default 1x3x1080x1920) and the graph simplified once
+more, which folds the shape arithmetic of the dynamic graph into constants. Cost is therefore
+that of a tiny trace, whatever the deployment shape.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from . import defaults
+from .artifacts import save_onnx
+from .checkpoints import ResolvedModel
+from .errors import UserError, VerificationError
+from .onnx_utils import input_shape, max_abs_error, output_shape, run, simplify
+from .passes.check import graph_report
+from .passes.meanshift import fold_meanshift
+from .passes.pixel_shuffle import FORMS, rewrite_pixel_shuffle
+
+PIXEL_SHUFFLE_CHOICES = ("keep", *FORMS)
+INPUT_RANGES = ("native", "1", "255")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export. ``shape`` is H x W of the fixed graph input (batch 1, RGB)."""
+
+    shape: tuple[int, int] = defaults.SHAPE
+    opset: int = defaults.OPSET
+    pixel_shuffle: str = "keep"
+    input_range: str = "native"
+    fold_meanshift: bool = False
+    verify_shape: tuple[int, int] = defaults.VERIFY_SHAPE
+    # Largest accepted |ONNX Runtime - PyTorch| relative to the output range (255 or 1).
+    tolerance: float = 1e-4
+    seed: int = 0
+
+
+@dataclass
+class ExportResult:
+    """The fixed-shape graph, the verified dynamic-shape graph and what the sidecar records."""
+
+    model: onnx.ModelProto
+    dynamic_model: onnx.ModelProto
+    record: dict
+
+
+class _RangeAdapter(nn.Module):
+    """Run a network whose native input range differs from the graph's (x255 or /255)."""
+
+    def __init__(self, model: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.factor) / self.factor
+
+
+def graph_range(resolved: ResolvedModel, input_range: str) -> int:
+    """The value range (1 or 255) of the exported graph's input and output."""
+    if input_range not in INPUT_RANGES:
+        raise UserError(f"--input-range {input_range!r}: expected one of {', '.join(INPUT_RANGES)}")
+    return resolved.native_range if input_range == "native" else int(input_range)
+
+
+def _check_options(resolved: ResolvedModel, options: ExportOptions) -> None:
+    if options.pixel_shuffle not in PIXEL_SHUFFLE_CHOICES:
+        raise UserError(f"--pixel-shuffle {options.pixel_shuffle!r}: expected one of "
+                        f"{', '.join(PIXEL_SHUFFLE_CHOICES)}")
+    if not 11 <= options.opset <= 21:
+        raise UserError(f"--opset {options.opset}: expected 11..21 (DepthToSpace CRD needs 11)")
+    stride = resolved.config.head_stride
+    for h, w in (options.shape, options.verify_shape):
+        if h < 8 or w < 8 or h % stride or w % stride:
+            raise UserError(f"--shape {h}x{w}: need at least 8x8 and multiples of the head "
+                            f"stride {stride}")
+
+
+def trace(module: nn.Module, opset: int, size: tuple[int, int]) -> onnx.ModelProto:
+    """Trace ``module`` at 1x3xHxW with symbolic H and W (TorchScript exporter: fast, any opset)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (torch.zeros(1, 3, *size),), buffer, dynamo=False, opset_version=opset,
+            input_names=[defaults.INPUT_NAME], output_names=[defaults.OUTPUT_NAME],
+            dynamic_axes={defaults.INPUT_NAME: {2: "height", 3: "width"},
+                          defaults.OUTPUT_NAME: {2: "out_height", 3: "out_width"}},
+            do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def verify(model: onnx.ModelProto, module: nn.Module, size: tuple[int, int], value_range: int,
+           seed: int) -> float:
+    """Max |ONNX Runtime - PyTorch| on one random 1x3xHxW input in ``0..value_range``."""
+    rng = np.random.default_rng(seed)
+    x = (rng.random((1, 3, *size)) * value_range).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    return max_abs_error(expected, run(model, x)[0])
+
+
+def export_model(resolved: ResolvedModel, options: ExportOptions = ExportOptions()) -> ExportResult:
+    """Export ``resolved`` to a verified fixed-shape ONNX graph (see module docstring)."""
+    _check_options(resolved, options)
+    value_range = graph_range(resolved, options.input_range)
+    module: nn.Module = resolved.model.eval()
+    if value_range != resolved.native_range:
+        module = _RangeAdapter(module, resolved.native_range / value_range).eval()
+    start = time.perf_counter()
+    dynamic = simplify(trace(module, options.opset, defaults.TRACE_SHAPE))
+    passes = {}
+    if options.pixel_shuffle != "keep":
+        dynamic, passes["pixel_shuffle"] = rewrite_pixel_shuffle(dynamic, options.pixel_shuffle)
+    if options.fold_meanshift:
+        dynamic, passes["fold_meanshift"] = fold_meanshift(dynamic)
+    error = verify(dynamic, module, options.verify_shape, value_range, options.seed)
+    tolerance = options.tolerance * value_range
+    if not error <= tolerance:
+        raise VerificationError(f"exported graph differs from PyTorch by {error:.3g} (max abs, "
+                                f"{options.verify_shape[0]}x{options.verify_shape[1]}) > "
+                                f"tolerance {tolerance:.3g}; nothing written")
+    fixed = simplify(dynamic, [1, 3, *options.shape])
+    scale = resolved.config.scale
+    expected_out = [1, 3, options.shape[0] * scale, options.shape[1] * scale]
+    if output_shape(fixed) != expected_out:
+        raise RuntimeError(f"fixed graph output {output_shape(fixed)} != {expected_out}")
+    report = graph_report(fixed)
+    record = {
+        "kind": "onnx-fp32",
+        **resolved.describe(),
+        "input_range": value_range,
+        "export": {**asdict(options), "passes": passes,
+                   "seconds": round(time.perf_counter() - start, 3)},
+        "input_shape": input_shape(fixed),
+        "output_shape": output_shape(fixed),
+        "verification": {"shape": [1, 3, *options.verify_shape], "max_abs_error": error,
+                         "tolerance": tolerance, "against": "pytorch", "seed": options.seed},
+        "graph": {"ops": report["ops"], "max_rank": report["max_rank"]},
+    }
+    return ExportResult(fixed, dynamic, record)
+
+
+def export(resolved: ResolvedModel, out: str | Path = defaults.FP32_ONNX,
+           options: ExportOptions = ExportOptions()) -> ExportResult:
+    """Export and write ``out`` and its JSON sidecar atomically; return the result."""
+    result = export_model(resolved, options)
+    result.record = save_onnx(result.model, out, result.record)
+    return result

@@ -1,0 +1,73 @@
+"""Small ONNX helpers shared by export, graph passes and info: load, run, compare, shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import UserError
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX file, turning a missing or unreadable file into a one-line user error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such ONNX file")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf raises several types for garbage input
+        raise UserError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+
+
+def input_shape(model: onnx.ModelProto) -> list[int | str]:
+    """Shape of the first graph input: ints for fixed dims, names for symbolic ones."""
+    return tensor_shape(model.graph.input[0])
+
+
+def output_shape(model: onnx.ModelProto) -> list[int | str]:
+    """Shape of the first graph output: ints for fixed dims, names for symbolic ones."""
+    return tensor_shape(model.graph.output[0])
+
+
+def tensor_shape(value_info: onnx.ValueInfoProto) -> list[int | str]:
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    """Run a model once on ONNX Runtime's CPU provider and return all outputs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    if isinstance(feeds, np.ndarray):
+        feeds = {session.get_inputs()[0].name: feeds}
+    return session.run(None, feeds)
+
+
+def max_abs_error(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Largest absolute difference of two outputs (float64), inf when the shapes differ."""
+    if expected.shape != actual.shape:
+        return float("inf")
+    return float(np.max(np.abs(expected.astype(np.float64) - actual.astype(np.float64))))
+
+
+def simplify(model: onnx.ModelProto, shape: list[int] | None = None) -> onnx.ModelProto:
+    """onnxsim: fold constants, drop dead nodes; with ``shape``, first fix the input to it (the
+    Shape arithmetic of a dynamic graph then folds into constants)."""
+    import onnxsim
+
+    overwrite = {model.graph.input[0].name: list(shape)} if shape is not None else None
+    try:
+        simplified, _ = onnxsim.simplify(model, check_n=0, overwrite_input_shapes=overwrite)
+    except Exception as exc:  # onnxsim reports shape conflicts as RuntimeError/InferenceError
+        if shape is None:
+            raise
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot fix the graph input to {list(shape)}: {first}") from None
+    return simplified

@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from . import export_rewritten
+
 # The forward fold inverts the 1x1 weight; it is skipped above this condition number.
 _MAX_CONDITION = 1e6
 
@@ -118,11 +120,4 @@ def fold_meanshift(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             continue
         if _fold_backward(graph, node, *params) or _fold_forward(graph, node, *params):
             count += 1
-    if count == 0:
-        unchanged = onnx.ModelProto()
-        unchanged.CopyFrom(model)
-        return unchanged, 0
-    graph.cleanup().toposort()
-    folded = gs.export_onnx(graph, opset_imports=list(model.opset_import))
-    folded.ir_version = model.ir_version
-    return folded, count
+    return export_rewritten(graph, model, count)

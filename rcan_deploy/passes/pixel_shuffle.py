@@ -11,6 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import UserError
+from . import export_rewritten
 
 FORMS = ("reshape", "reshape5d", "convtranspose")
 
@@ -221,11 +222,4 @@ def rewrite_pixel_shuffle(model: onnx.ModelProto, form: str) -> tuple[onnx.Model
             node.outputs.clear()
         _EMITTERS[form](_Builder(graph, site.nodes[0].name or site.y.name), site)
         count += 1
-    if count == 0:
-        unchanged = onnx.ModelProto()
-        unchanged.CopyFrom(model)
-        return unchanged, 0
-    graph.cleanup().toposort()
-    rewritten = gs.export_onnx(graph, opset_imports=list(model.opset_import))
-    rewritten.ir_version = model.ir_version
-    return rewritten, count
+    return export_rewritten(graph, model, count)

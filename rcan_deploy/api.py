@@ -118,3 +118,162 @@ def info(model_path: str | Path, *, shape: tuple[int, int] | None = None) -> dic
     rows = reference_rows(sidecar.get("source"), sidecar.get("variant")) if same_shape else []
     result["reference"] = [r for r in rows if sidecar.get("source") and r["scale"] == str(scale)]
     return result
+
+
+def _graph_input_range(sidecar: dict, override: int | None, model_path) -> int:
+    if override is not None:
+        if override not in (1, 255):
+            raise UserError(f"--input-range {override}: expected 1 or 255")
+        return override
+    if "input_range" not in sidecar:
+        raise UserError(f"{model_path}: no sidecar says its input range; pass --input-range 1|255")
+    return int(sidecar["input_range"])
+
+
+def _graph_scale(model, sidecar: dict) -> int:
+    from .onnx_utils import output_shape
+
+    scale = (sidecar.get("config") or {}).get("scale")
+    if scale:
+        return int(scale)
+    h_in, h_out = input_shape(model)[2], output_shape(model)[2]
+    if not (isinstance(h_in, int) and isinstance(h_out, int) and h_out % h_in == 0):
+        raise UserError("cannot tell the upscaling factor of the graph (no sidecar)")
+    return h_out // h_in
+
+
+def default_dataset(data_root: str | Path | None = None) -> str:
+    """``div2k_valid`` when it is present under the data root, else ``samples``."""
+    from .data.datasets import get_dataset
+
+    try:
+        get_dataset("div2k_valid", 2, data_root)
+        return "div2k_valid"
+    except UserError:
+        return "samples"
+
+
+def _heldout_crops(calib: str, scale: int, data_root, crop_size: int, seed: int, count: int):
+    """LR/HR crop pairs not used for calibration: the held-out split of ``samples``, else other
+    crop positions (seed + 1) of the same set."""
+    import numpy as np
+
+    from .data.crops import calibration_crops
+    from .data.datasets import get_dataset
+    from .data.io import to_uint8
+    from .quant.sensitivity import EvalCrops
+
+    if calib == "samples":
+        dataset, crop_seed = get_dataset("samples", scale, split="heldout"), seed
+    else:
+        dataset, crop_seed = get_dataset(calib, scale, data_root), seed + 1
+    crops = calibration_crops(dataset, count, crop_size, crop_seed)
+    pairs = {pair.name: pair for pair in dataset}
+    hr_images: dict[str, object] = {}
+    hr = []
+    for crop in crops.manifest["crops"]:
+        if crop["image"] not in hr_images:
+            hr_images[crop["image"]] = to_uint8(pairs[crop["image"]].load()[1])
+        y, x, size = crop["y"] * scale, crop["x"] * scale, crop_size * scale
+        hr.append(hr_images[crop["image"]][y:y + size, x:x + size])
+    return EvalCrops(crops.array, np.stack(hr), scale), crops.manifest
+
+
+def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defaults.INT8_ONNX,
+             *, calib: str | None = None, data_root: str | Path | None = None,
+             method: str = "max", calib_crops: int = 64, crop_size: int = 128, seed: int = 0,
+             exclude: tuple[str, ...] = (), high_precision: str = "fp32",
+             target: str = "tensorrt", sensitivity: bool = False, max_drop: float | None = None,
+             heldout_crops: int = 16, input_range: int | None = None,
+             progress: bool = True) -> dict:
+    """INT8 PTQ of a fixed-shape graph on calibration crops; writes the QDQ graph + sidecar.
+
+    With ``sensitivity`` (or ``max_drop``) a per-layer PSNR table is measured on held-out crops;
+    ``max_drop`` keeps the most sensitive layers in higher precision until the drop fits.
+    """
+    from .data.crops import calibration_crops
+    from .data.datasets import get_dataset
+    from .quant.graph import (activation_scales, dynamic_copy, has_global_pooling,
+                              weight_scale_ranges)
+    from .quant.ptq import QuantizeOptions, quantize_model
+    from .quant.sensitivity import fallback, layer_sensitivity, mean_psnr
+
+    model = load_model(model_path)
+    sidecar = read_sidecar(model_path) or {}
+    value_range = _graph_input_range(sidecar, input_range, model_path)
+    scale = _graph_scale(model, sidecar)
+    if max_drop is not None and max_drop < 0:
+        raise UserError(f"--max-drop {max_drop}: expected a non-negative number of dB")
+    calib = calib or default_dataset(data_root)
+    split = "train" if calib == "samples" else None
+    dataset = get_dataset(calib, scale, data_root, split=split)
+    crops = calibration_crops(dataset, calib_crops, crop_size, seed, progress=progress)
+    options = QuantizeOptions(method=method, target=target, high_precision=high_precision,
+                              exclude=tuple(exclude))
+    calib_array = crops.array * value_range
+    quantized, record = quantize_model(model, calib_array, options)
+    eval_crops, eval_manifest = _heldout_crops(calib, scale, data_root, crop_size, seed,
+                                               heldout_crops)
+    report: dict = {}
+    if sensitivity or max_drop is not None:
+        report = layer_sensitivity(model, quantized, eval_crops, value_range, progress)
+        if max_drop is not None:
+            report["fallback"] = fallback(quantized, report, eval_crops, value_range, max_drop)
+            kept = tuple(report["fallback"]["kept_float"])
+            if kept:
+                options = QuantizeOptions(method=method, target=target,
+                                          high_precision=high_precision,
+                                          exclude=tuple(exclude), keep_float=kept)
+                quantized, record = quantize_model(model, calib_array, options)
+    fp32_psnr = report.get("fp32_psnr", mean_psnr(dynamic_copy(model), eval_crops, value_range))
+    int8_psnr = mean_psnr(dynamic_copy(quantized), eval_crops, value_range)
+    scales = activation_scales(quantized)
+    meta = {
+        **{k: v for k, v in sidecar.items()
+           if k not in ("artifact", "sha256", "created", "command", "versions", "kind")},
+        "kind": "onnx-int8-qdq",
+        "parent": {"path": str(model_path), "sha256": sha256_file(model_path)},
+        "input_range": value_range,
+        "calibration": {"set": dataset.describe(), "crops": crops.manifest["n_crops"],
+                        "crop_size": crop_size, "seed": seed,
+                        "crops_sha256": crops.manifest["sha256"],
+                        "manifest": crops.manifest["crops"]},
+        "quantization": record,
+        "global_pooling": has_global_pooling(model),
+        "scales": {"activations": scales,
+                   "activation_summary": _summary(list(scales.values())),
+                   "weights_per_channel_range": weight_scale_ranges(quantized)},
+        "heldout": {"set": eval_manifest["dataset"], "crops": len(eval_crops.lr),
+                    "fp32_psnr": fp32_psnr, "int8_psnr": int8_psnr,
+                    "drop": fp32_psnr - int8_psnr,
+                    "protocol": "standard (Y, border = scale) on LR/HR crop pairs"},
+        "input_shape": input_shape(quantized),
+    }
+    if report:
+        meta["sensitivity"] = report
+    return save_onnx(quantized, out, meta)
+
+
+def _summary(values: list[float]) -> dict:
+    import numpy as np
+
+    if not values:
+        return {"count": 0}
+    return {"count": len(values), "min": float(np.min(values)),
+            "median": float(np.median(values)), "max": float(np.max(values))}
+
+
+def upscale(model_path: str | Path, images: list[str | Path], out_dir: str | Path, *,
+            runtime: str = "ort", overlap: int | None = None) -> list[dict]:
+    """Super-resolve image files of any size with a fixed-shape graph (pad or tile as needed)."""
+    from .upscale import upscale_files
+
+    return upscale_files(model_path, images, out_dir, runtime=runtime, overlap=overlap)
+
+
+def fetch(name: str, data_root: str | Path | None = None, *, lr_scales: tuple[int, ...] = (),
+          progress: bool = True) -> Path:
+    """Download, verify (size, sha256) and unpack a DIV2K set under ``data_root``."""
+    from .data.fetch import fetch_div2k
+
+    return fetch_div2k(name, data_root, progress=progress, lr_scales=tuple(lr_scales))

@@ -46,13 +46,13 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
 
 
 def _weight_array(name: str, initializers: dict, producers: dict) -> np.ndarray | None:
-    """The initializer behind ``name``, looking through DequantizeLinear (QDQ weights)."""
-    if name in initializers:
-        return initializers[name]
-    node = producers.get(name)
-    if node is not None and node.op_type == "DequantizeLinear":
-        return initializers.get(node.input[0])
-    return None
+    """The initializer behind ``name``, looking through Q/DQ pairs (QDQ graph weights)."""
+    while name not in initializers:
+        node = producers.get(name)
+        if node is None or node.op_type not in ("DequantizeLinear", "QuantizeLinear"):
+            return None
+        name = node.input[0]
+    return initializers[name]
 
 
 def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:

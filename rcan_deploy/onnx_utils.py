@@ -36,15 +36,22 @@ def tensor_shape(value_info: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
-    """Run a model once on ONNX Runtime's CPU provider and return all outputs."""
+def ort_session(model: onnx.ModelProto | str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with all graph optimisations and quiet logging."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    """Run a model once on ONNX Runtime's CPU provider and return all outputs."""
+    session = ort_session(model)
     if isinstance(feeds, np.ndarray):
         feeds = {session.get_inputs()[0].name: feeds}
     return session.run(None, feeds)

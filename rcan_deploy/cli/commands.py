@@ -151,3 +151,94 @@ def variants() -> None:
     click.echo("variants:")
     for name, text in VARIANT_HELP.items():
         click.echo(f"  {name:<14} {text}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False), default=defaults.FP32_ONNX,
+                required=False)
+@click.option("--calib", default=None, metavar="NAME|DIR",
+              help="Calibration set: div2k_valid, div2k_train, samples, or a folder of images. "
+                   "Default: div2k_valid when present, else samples (training split).")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding DIV2K/ (default $RCAN_DEPLOY_DATA, else ~/.cache/rcan_deploy/data).")
+@click.option("--method", type=click.Choice(["max", "entropy", "percentile"]), default="max",
+              show_default=True, help="Activation range calibration.")
+@click.option("--calib-crops", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Number of LR calibration crops.")
+@click.option("--crop-size", type=click.IntRange(min=8), default=128, show_default=True,
+              help="LR crop size in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Crop selection seed.")
+@click.option("--exclude", multiple=True, metavar="REGEX",
+              help="Keep nodes whose name matches in higher precision (repeatable).")
+@click.option("--high-precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+              show_default=True, help="Precision of the layers left unquantized (tensorrt target).")
+@click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt",
+              show_default=True,
+              help="tensorrt: modelopt, symmetric int8 (runs on TensorRT and OpenVINO); cpu: ONNX "
+                   "Runtime QDQ with uint8 activations (fast on ONNX Runtime's CPU provider).")
+@click.option("--sensitivity", is_flag=True,
+              help="Measure the PSNR drop attributable to each quantized layer on held-out crops.")
+@click.option("--max-drop", type=float, default=None, metavar="DB",
+              help="Keep the most sensitive layers in higher precision until the held-out PSNR "
+                   "drop is at most DB.")
+@click.option("--input-range", type=click.Choice(["1", "255"]), default=None,
+              help="Input range of a graph without sidecar.")
+@click.option("--out", type=click.Path(dir_okay=False), default=defaults.INT8_ONNX,
+              show_default=True, help="Output QDQ ONNX file.")
+def quantize(model, out, input_range, **kwargs) -> None:
+    """INT8 post-training quantization (QDQ graph) calibrated on crops."""
+    record = api.quantize(model, out, input_range=int(input_range) if input_range else None,
+                          exclude=tuple(kwargs.pop("exclude")), **kwargs)
+    calibration, heldout = record["calibration"], record["heldout"]
+    q = record["quantization"]
+    click.echo(f"calibrated on {calibration['crops']} crops of {calibration['crop_size']}px from "
+               f"{calibration['set']['name']} ({calibration['set']['count']} images), method "
+               f"{q['method']}, target {q['target']}; {len(q['quantized_layers'])} layers INT8")
+    if "sensitivity" in record:
+        click.echo(f"{'layer':<60} {'dB regained in float':>20}")
+        for row in record["sensitivity"]["layers"]:
+            click.echo(f"{row['layer'][:60]:<60} {row['psnr_drop_attributed']:>20.4f}")
+        fb = record["sensitivity"].get("fallback")
+        if fb:
+            state = "met" if fb["met"] else "NOT met"
+            click.echo(f"--max-drop {fb['max_drop']}: kept in higher precision: "
+                       f"{', '.join(fb['kept_float']) or 'none'} (budget {state})")
+    click.echo(f"held-out crops ({heldout['crops']}, {heldout['set']['name']}): PSNR fp32 "
+               f"{heldout['fp32_psnr']:.3f} dB, int8 {heldout['int8_psnr']:.3f} dB, drop "
+               f"{heldout['drop']:.3f} dB")
+    click.echo(f"wrote {out}: input {record['input_shape']}")
+
+
+@cli.command("run")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--runtime", type=click.Choice(["ort", "openvino"]), default="ort",
+              show_default=True, help="ONNX Runtime (reference; fake-quant for QDQ graphs) or "
+                                      "OpenVINO (int8 kernels on CPU).")
+@click.option("--overlap", type=click.IntRange(min=0), default=None,
+              help="Tile overlap in input pixels (default: from the receptive field).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Output folder for <stem>_x<scale>.png.")
+def run_images(model, images, runtime, overlap, out_dir) -> None:
+    """Upscale images of any size: pad to the graph's fixed shape, or tile with overlap."""
+    for record in api.upscale(model, list(images), out_dir, runtime=runtime, overlap=overlap):
+        tiles = f", {record['tiles']} tiles, overlap {record['overlap']}" if record["tiles"] > 1 else ""
+        click.echo(f"{record['image']} {record['size'][1]}x{record['size'][0]} -> "
+                   f"{record['output']} ({record['path']}{tiles}, {record['seconds']:.2f} s)")
+
+
+@cli.group()
+def data() -> None:
+    """Calibration and evaluation data sets."""
+
+
+@data.command("fetch")
+@click.argument("name", type=click.Choice(["div2k_valid", "div2k_train"]))
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Where DIV2K/ goes (default $RCAN_DEPLOY_DATA, else ~/.cache/rcan_deploy/data).")
+@click.option("--lr-scale", "lr_scales", type=click.Choice(["2", "3", "4"]), multiple=True,
+              help="Also fetch the official bicubic LR archive for this scale (repeatable).")
+def data_fetch(name, data_root, lr_scales) -> None:
+    """Download the official DIV2K archives (resumable, sha256-checked) and unpack them."""
+    root = api.fetch(name, data_root, lr_scales=tuple(int(s) for s in lr_scales))
+    click.echo(f"{name} ready under {root}")

@@ -1,0 +1,176 @@
+"""Download the official DIV2K archives: resumable, size- and sha256-checked, extracted atomically.
+
+Sizes and sha256 sums come from ``calibration/sets.yaml`` (``archives`` of each DIV2K set). A
+download goes to ``<data root>/<archive>.part`` and resumes from there with an HTTP Range request
+when it was interrupted (the ``.part`` file is kept for that); a wrong size or checksum deletes the
+file. The archive is extracted into a temporary folder inside the data root and its top folder
+renamed into ``<data root>/DIV2K/``, so ``DIV2K/`` only ever holds complete folders; the archive is
+deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Iterable
+
+from tqdm import tqdm
+
+from ..errors import UserError
+from .datasets import DIV2K_SETS, default_data_root, set_definitions
+
+DIV2K_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
+_CHUNK = 1 << 20
+_TIMEOUT_S = 60
+_RETRY_WAIT_S = 2.0
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_attempt(url: str, part: Path, size: int, progress: bool) -> None:
+    """One HTTP request appending to ``part`` (Range from its size); network errors propagate."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+        if response.status == 206:
+            total = response.headers.get("Content-Range", "").rpartition("/")[2]
+        else:  # a full response, also when the server ignored the range: start again
+            have = 0
+            total = response.headers.get("Content-Length", "")
+        if total.isdigit() and int(total) != size:
+            raise UserError(f"{url}: the server has {int(total)} bytes, expected {size} "
+                            "(is the checksum table out of date?)")
+        with open(part, "ab" if have else "wb") as handle, \
+                tqdm(total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                     desc=part.name[: -len(".part")], disable=not progress) as bar:
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                handle.write(chunk)
+                bar.update(len(chunk))
+
+
+def _download(url: str, target: Path, size: int, sha256: str, progress: bool,
+              attempts: int) -> None:
+    """Download ``url`` to ``target`` through ``target.part``, resuming; verify size and sha256."""
+    part = target.with_name(target.name + ".part")
+    reason = ""
+    for attempt in range(attempts):
+        if part.exists() and part.stat().st_size > size:
+            part.unlink()
+        if part.exists() and part.stat().st_size == size:
+            break
+        if attempt:
+            time.sleep(_RETRY_WAIT_S * attempt)
+        try:
+            _download_attempt(url, part, size, progress)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416:  # range not satisfiable: the partial file is unusable
+                part.unlink(missing_ok=True)
+                reason = "HTTP 416"
+                continue
+            if exc.code < 500:
+                raise UserError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+            reason = f"HTTP {exc.code} {exc.reason}"
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+        else:
+            reason = "connection closed early"
+    have = part.stat().st_size if part.exists() else 0
+    if have < size:
+        raise UserError(f"{url}: download stopped at {have} of {size} bytes ({reason}); "
+                        f"run the command again to resume from {part}")
+    if have > size or _sha256(part) != sha256:
+        part.unlink()
+        raise UserError(f"{url}: {'size' if have > size else 'sha256'} mismatch, "
+                        "the downloaded file was deleted")
+    part.replace(target)
+
+
+def _merge_into(source: Path, destination: Path) -> None:
+    """Rename ``source`` to ``destination``; merge folder contents where ``destination`` exists."""
+    if not destination.exists():
+        source.replace(destination)
+        return
+    if source.is_dir() and destination.is_dir():
+        for child in sorted(source.iterdir()):
+            _merge_into(child, destination / child.name)
+        return
+    source.replace(destination)
+
+
+def _extract(archive: Path, div2k_dir: Path, expected: str) -> None:
+    """Unzip ``archive`` inside the data root, then rename its content into ``div2k_dir``."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{archive.stem}.", dir=archive.parent))
+    try:
+        try:
+            with zipfile.ZipFile(archive) as zipped:
+                zipped.extractall(staging)
+        except zipfile.BadZipFile:
+            raise UserError(f"{archive}: not a valid zip archive") from None
+        if not (staging / expected).is_dir():
+            raise UserError(f"{archive}: does not contain {expected}/")
+        div2k_dir.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(staging.iterdir()):
+            _merge_into(entry, div2k_dir / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def fetch_div2k(name: str, data_root: str | Path | None = None, base_url: str = DIV2K_BASE_URL,
+                progress: bool = True, lr_scales: Iterable[int] = (),
+                checksums: dict[str, dict[str, object]] | None = None, attempts: int = 3) -> Path:
+    """Download and extract ``div2k_valid`` or ``div2k_train`` (HR, plus LR bicubic ``lr_scales``).
+
+    ``checksums`` maps archive file names to ``{"size": bytes, "sha256": hex}`` and replaces the
+    table in ``calibration/sets.yaml``. Folders already in place are not downloaded again.
+    Returns ``<data root>/DIV2K``.
+    """
+    if name not in DIV2K_SETS:
+        raise UserError(f"unknown DIV2K set '{name}' (choose {' or '.join(DIV2K_SETS)})")
+    if attempts < 1:
+        raise UserError(f"attempts must be at least 1, got {attempts}")
+    definition = set_definitions()["sets"][name]
+    table = checksums if checksums is not None else definition["archives"]
+    data_root = Path(data_root).expanduser() if data_root else default_data_root()
+    div2k_dir = data_root / Path(definition["hr_dir"]).parent
+    hr_name = Path(definition["hr_dir"]).name  # DIV2K_valid_HR
+    lr_name = Path(definition["lr_dir"]).name  # DIV2K_valid_LR_bicubic
+    wanted = [(f"{hr_name}.zip", hr_name)]
+    wanted += [(f"{lr_name}_X{s}.zip", f"{lr_name}/X{s}") for s in lr_scales]
+    for archive_name, folder in wanted:
+        if (div2k_dir / folder).is_dir():
+            continue
+        if archive_name not in table:
+            raise UserError(f"{archive_name}: no size/sha256 known for this archive")
+        size, sha256 = int(table[archive_name]["size"]), str(table[archive_name]["sha256"])
+        try:
+            data_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{data_root}: cannot create the folder ({exc.strerror})") from None
+        archive = data_root / archive_name
+        complete = archive.is_file() and archive.stat().st_size == size
+        if not (complete and _sha256(archive) == sha256):
+            part = archive.with_name(archive.name + ".part")
+            missing = size - (part.stat().st_size if part.exists() else 0)
+            free = shutil.disk_usage(data_root).free
+            needed = missing + size  # the rest of the download plus its extracted copy
+            if free < needed:
+                raise UserError(f"{data_root}: {archive_name} needs about {needed / 1e9:.1f} GB "
+                                f"free, only {free / 1e9:.1f} GB left")
+            _download(base_url.rstrip("/") + "/" + archive_name, archive, size, sha256, progress,
+                      attempts)
+        _extract(archive, div2k_dir, folder)
+        archive.unlink()
+    return div2k_dir

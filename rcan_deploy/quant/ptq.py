@@ -1,0 +1,209 @@
+"""INT8 post-training quantization of a fixed-shape SR graph, calibrated on small crops.
+
+The scales of a fully convolutional network do not depend on the image size, so calibration runs
+through a dynamic-shape copy of the fixed graph (same nodes and tensor names, symbolic H and W)
+on LR crops; the resulting QDQ graph then gets its input fixed back to the deployment shape
+(1x3x1080x1920 by default). Cost therefore scales with the crops, not with the frame.
+
+Global pooling (RCAN channel attention, CBAM): the pooled statistics of a crop are not those of
+a frame. For average pooling the frame value is the mean of the crop values over a partition of
+the frame, so it lies inside the range the crops cover, and max calibration (a range, not a
+histogram) stays valid; for max pooling the frame value can exceed every crop's, which is why
+the sidecar records ``global_pooling`` and the sensitivity report measures those layers.
+
+Targets:
+- ``tensorrt`` (default): nvidia-modelopt's ONNX PTQ on ONNX Runtime CPU: symmetric int8
+  activations and per-channel int8 weights (zero points 0), Q/DQ placed so TensorRT can fuse
+  residual adds; ``max`` and ``entropy`` calibration are modelopt's own, ``percentile`` keeps
+  modelopt's placement and replaces the activation ranges with ONNX Runtime's percentile ones.
+- ``cpu``: ONNX Runtime ``quantize_static`` QDQ with uint8 asymmetric activations and int8
+  per-channel weights, the form ONNX Runtime's CPU provider fuses into QLinearConv.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from ..errors import UserError
+from ..onnx_utils import input_shape, ort_session, run
+from .graph import activation_scales, dynamic_copy, fix_spatial_shape, quantized_layers
+
+METHODS = ("max", "entropy", "percentile")
+TARGETS = ("tensorrt", "cpu")
+HIGH_PRECISIONS = ("fp32", "fp16")
+PERCENTILE = 99.999
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How to quantize; ``exclude`` holds regexes of node names kept in higher precision."""
+
+    method: str = "max"
+    target: str = "tensorrt"
+    high_precision: str = "fp32"
+    exclude: tuple[str, ...] = ()
+    keep_float: tuple[str, ...] = field(default=())  # exact node names (sensitivity fallback)
+
+    def check(self) -> None:
+        for flag, value, choices in (("--method", self.method, METHODS),
+                                     ("--target", self.target, TARGETS),
+                                     ("--high-precision", self.high_precision, HIGH_PRECISIONS)):
+            if value not in choices:
+                raise UserError(f"{flag} {value!r}: expected one of {', '.join(choices)}")
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise UserError(f"--exclude {pattern!r}: not a regular expression ({exc})") from None
+
+
+class _CropReader:
+    """ONNX Runtime CalibrationDataReader over an (N, 3, S, S) array."""
+
+    def __init__(self, input_name: str, crops: np.ndarray) -> None:
+        self._items = iter([{input_name: crop[None]} for crop in crops])
+
+    def get_next(self):
+        return next(self._items, None)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence ONNX Runtime's calibration logging, prints and warnings."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def excluded_nodes(model: onnx.ModelProto, options: QuantizeOptions) -> list[str]:
+    """Node names matching any ``--exclude`` regex, plus the exact ``keep_float`` names."""
+    names = [node.name for node in model.graph.node]
+    chosen = [n for n in names if any(re.search(p, n) for p in options.exclude)]
+    for pattern in options.exclude:
+        if not any(re.search(pattern, n) for n in names):
+            raise UserError(f"--exclude {pattern!r} matches no node of the graph")
+    return sorted(set(chosen) | set(options.keep_float))
+
+
+def _modelopt(dynamic_path: str, out_path: str, crops: np.ndarray, method: str,
+              high_precision: str, exclude: list[str]) -> None:
+    """modelopt's PTQ in a child process (see :mod:`rcan_deploy.quant.modelopt_worker`)."""
+    folder = os.path.dirname(out_path)
+    crops_path, job_path = os.path.join(folder, "crops.npy"), os.path.join(folder, "job.json")
+    np.save(crops_path, crops)
+    with open(job_path, "w") as handle:
+        json.dump({"model": dynamic_path, "out": out_path, "crops": crops_path, "method": method,
+                   "high_precision": high_precision, "exclude": exclude}, handle)
+    done = subprocess.run([sys.executable, "-m", "rcan_deploy.quant.modelopt_worker", job_path],
+                          capture_output=True, text=True)
+    if done.returncode != 0 or not os.path.isfile(out_path):
+        lines = (done.stderr or "no output").strip().splitlines()
+        if any("No module named 'modelopt'" in line for line in lines):
+            raise UserError("--target tensorrt needs nvidia-modelopt: pip install -c "
+                            "constraints.txt -e . (see README)")
+        raise RuntimeError("modelopt quantization failed: " + "\n".join(lines[-15:]))
+
+
+def _ort_static(dynamic_path: str, out_path: str, crops: np.ndarray, method: str,
+                symmetric: bool, exclude: list[str], input_name: str) -> None:
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    calibrate = {"max": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
+    with _quiet():
+        quantize_static(dynamic_path, out_path, _CropReader(input_name, crops),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=calibrate,
+                        nodes_to_exclude=list(exclude),
+                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                                       "CalibPercentile": PERCENTILE})
+
+
+def _percentile_scales(dynamic: onnx.ModelProto, tensors: list[str],
+                       crops: np.ndarray) -> dict[str, float]:
+    """Symmetric int8 scales of ``tensors``: the PERCENTILE-th percentile of |x| over the crops
+    (modelopt patches ONNX Runtime's calibrators, so this is computed here directly)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(dynamic)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
+    values: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    session = ort_session(probe)
+    for crop in crops:
+        for name, out in zip(tensors, session.run(None, {session.get_inputs()[0].name: crop[None]})):
+            values[name].append(np.abs(out).ravel())
+    return {name: float(np.percentile(np.concatenate(v), PERCENTILE)) / 127.0
+            for name, v in values.items()}
+
+
+def _replace_activation_scales(model: onnx.ModelProto, scales: dict[str, float]) -> None:
+    consts = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in scales:
+            tensor = consts[node.input[1]]
+            value = np.asarray(scales[node.input[0]], onnx.helper.tensor_dtype_to_np_dtype(
+                tensor.data_type)).reshape(onnx.numpy_helper.to_array(tensor).shape)
+            tensor.CopyFrom(onnx.numpy_helper.from_array(value, tensor.name))
+
+
+def quantize_model(model: onnx.ModelProto, crops: np.ndarray,
+                   options: QuantizeOptions = QuantizeOptions()) -> tuple[onnx.ModelProto, dict]:
+    """Quantize a fixed-shape fp32 graph with LR ``crops`` (N, 3, S, S) already scaled to the
+    graph's input range. Returns the fixed-shape QDQ graph and a record for the sidecar."""
+    options.check()
+    if crops.ndim != 4 or len(crops) == 0:
+        raise UserError("the calibration set yielded no crops; refusing to calibrate on nothing")
+    shape = input_shape(model)
+    if not all(isinstance(d, int) and d > 0 for d in shape):
+        raise UserError(f"quantize needs a fixed-shape graph, the input is {shape}")
+    input_name = model.graph.input[0].name
+    exclude = excluded_nodes(model, options)
+    dynamic = dynamic_copy(model)
+    try:
+        run(dynamic, crops[:1])
+    except Exception as exc:
+        raise UserError("the graph does not run at the crop size (fixed-shape constants, e.g. a "
+                        "reshape pixel-shuffle form): quantize the export with --pixel-shuffle "
+                        "keep or convtranspose, then `rcan-deploy rewrite` the INT8 graph "
+                        f"({type(exc).__name__})") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        dynamic_path, out_path = os.path.join(tmp, "dynamic.onnx"), os.path.join(tmp, "q.onnx")
+        onnx.save(dynamic, dynamic_path)
+        if options.target == "cpu":
+            _ort_static(dynamic_path, out_path, crops, options.method, False, exclude, input_name)
+        else:
+            method = "max" if options.method == "percentile" else options.method
+            _modelopt(dynamic_path, out_path, crops, method, options.high_precision, exclude)
+        quantized = onnx.load(out_path)
+        if options.method == "percentile" and options.target == "tensorrt":
+            _replace_activation_scales(quantized, _percentile_scales(
+                dynamic, list(activation_scales(quantized)), crops))
+    fixed = fix_spatial_shape(quantized, shape[2], shape[3])
+    layers = quantized_layers(fixed)
+    if not layers:
+        raise UserError("no layer was quantized (everything excluded?)")
+    record = {"method": options.method, "target": options.target,
+              "high_precision": options.high_precision, "excluded_nodes": exclude,
+              "quantized_layers": layers, "calibration_crop_shape": list(crops.shape)}
+    return fixed, record

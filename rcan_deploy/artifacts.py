@@ -37,10 +37,15 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def tool_versions() -> dict[str, str]:
-    """Versions of Python and of the packages that shape an artifact."""
+def command_line() -> str:
+    """The command that is running, as a user would type it."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def tool_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of Python and of the packages that shape an artifact (plus ``extra`` ones)."""
     versions = {"python": platform.python_version()}
-    for name in _TOOLS:
+    for name in (*_TOOLS, *extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -61,9 +66,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give artifacts normal modes
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
@@ -82,7 +94,7 @@ def save_onnx(model, path: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
             "artifact": path.name,
             "sha256": sha256_file(tmp),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": command_line(),
             **meta,
             "versions": tool_versions(),
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,6 +218,34 @@ def load_checkpoint(path: str | Path, source: str | None = None, variant: str | 
     return ResolvedModel(model, detected, config, name or "custom", weights)
 
 
+def shipped_checkpoint(variant: str, scale: int) -> Path | None:
+    """The checkpoint this project trained for ``variant`` x``scale`` (official layout), if any."""
+    path = Path(str(resources.files("rcan_deploy").joinpath("shipped_models"))) / \
+        f"{variant}_x{scale}.pt"
+    return path if path.is_file() else None
+
+
+def convert_official(resolved: "ResolvedModel", target: str) -> nn.Module:
+    """The official-layout network rebuilt in another layout with the same function.
+
+    BasicSR keeps the DIV2K mean as a constant, so the official MeanShift convs must hold their
+    default values (identity, +-255 * mean); the tensors are matched in registration order.
+    """
+    state = resolved.model.state_dict()
+    default = build_model("official", resolved.config).state_dict()
+    for key in ("sub_mean.weight", "sub_mean.bias", "add_mean.weight", "add_mean.bias"):
+        if not torch.allclose(state[key], default[key], atol=1e-5):
+            raise UserError(f"{key} differs from the default mean shift: the checkpoint cannot "
+                            f"be expressed in the {target} layout; export it with --source official")
+    if target != "basicsr":
+        raise UserError(f"conversion from the official layout to {target} is not supported")
+    model = build_model(target, resolved.config)
+    tensors = [v for k, v in state.items() if not k.startswith(("sub_mean.", "add_mean."))]
+    target_keys = list(model.state_dict())
+    load_strict(model, dict(zip(target_keys, tensors)), f"official -> {target} conversion")
+    return model
+
+
 def resolve_model(source: str | None = None, variant: str | None = None,
                   scale: int | None = None, weights: str | Path | None = None,
                   random_weights: bool = False, param_key: str | None = None,
@@ -227,12 +256,22 @@ def resolve_model(source: str | None = None, variant: str | None = None,
     if weights is not None:
         return load_checkpoint(weights, source, variant, scale, param_key)
     name = canonical_variant(variant or defaults.VARIANT)
-    if not random_weights:
-        raise UserError(f"no weights for variant {name}: pass --weights PATH (a checkpoint) or "
-                        "--random-weights (no shipped checkpoint exists for it yet)")
     if param_key is not None:
         raise UserError("--param-key applies only with --weights")
     source = get_source(source or defaults.SOURCE).name
-    config = variant_config(name, scale or defaults.SCALE)
+    scale = scale or defaults.SCALE
+    if not random_weights:
+        shipped = shipped_checkpoint(name, scale)
+        if shipped is None:
+            raise UserError(f"no shipped checkpoint for {name} x{scale}: pass --weights PATH "
+                            "(a checkpoint) or --random-weights")
+        resolved = load_checkpoint(shipped, "official", name, scale)
+        resolved.weights["shipped"] = True
+        if source != "official":
+            resolved.model = convert_official(resolved, source).eval()
+            resolved.source = source
+            resolved.weights["converted_from"] = "official"
+        return resolved
+    config = variant_config(name, scale)
     torch.manual_seed(seed)
     return ResolvedModel(build_model(source, config), source, config, name, {"random": seed})

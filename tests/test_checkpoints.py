@@ -132,8 +132,8 @@ def test_unreadable_checkpoints(tmp_path):
 
 
 def test_resolve_model_requires_weights_choice():
-    with pytest.raises(UserError, match="--weights PATH .* or --random-weights"):
-        resolve_model(variant="rcan-sr4k")
+    with pytest.raises(UserError, match="no shipped checkpoint for rcan x2: pass --weights PATH"):
+        resolve_model(variant="rcan")
     a = resolve_model(variant="rcan2-sr4k", random_weights=True, seed=3)
     b = resolve_model(variant="rcan2-sr4k", random_weights=True, seed=3)
     assert a.source == "basicsr" and a.weights == {"random": 3}

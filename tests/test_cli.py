@@ -55,7 +55,7 @@ def test_export_default_name_then_rewrite_check_info(workdir, capsys):
 @pytest.mark.parametrize("args,fragments", [
     (["export", "--weights", "missing.pt"], ["--weights missing.pt", "no such file"]),
     (["export", "--weights", "garbage.pt"], ["garbage.pt", "not a readable PyTorch checkpoint"]),
-    (["export", "--variant", "rcan-sr4k"], ["--weights PATH", "--random-weights"]),
+    (["export", "--variant", "rcan"], ["--weights PATH", "--random-weights"]),
     (["export", "--variant", "nope", "--random-weights"], ["--variant 'nope'", "unknown"]),
     (["export", "--random-weights", "--shape", "1080by1920"], ["--shape", "HxW"]),
     (["export", "--random-weights", "--shape", "1081x1920"], ["--shape 1081x1920", "stride 2"]),

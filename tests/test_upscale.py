@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from rcan_deploy import upscale as up
+from rcan_deploy import tiling as up
 from rcan_deploy.artifacts import save_onnx
 from rcan_deploy.backends import RUNTIMES, OnnxRuntimeRunner, get_runner
 from rcan_deploy.backends.base import import_optional

@@ -67,6 +67,10 @@ def cli() -> None:
 def export(out, shape, **kwargs) -> None:
     """Export an RCAN checkpoint to a fixed-shape, verified ONNX graph."""
     record = api.export(out, shape=shape, **kwargs)
+    weights = record["weights"]
+    if weights.get("shipped"):
+        converted = " (converted from the official layout)" if weights.get("converted_from") else ""
+        click.echo(f"using the shipped checkpoint {weights['path']}{converted}")
     verification = record["verification"]
     click.echo(f"wrote {out}: {record['source']} {record['variant']} x{record['config']['scale']}, "
                f"input {record['input_shape']} -> output {record['output_shape']}, "
@@ -144,13 +148,28 @@ def info(model, as_json, shape) -> None:
 
 @cli.command()
 def variants() -> None:
-    """List the checkpoint layouts and named variants."""
+    """List the checkpoint layouts, named variants and shipped checkpoints (with their cards)."""
+    from ..artifacts import read_sidecar
+    from ..checkpoints import shipped_checkpoint
+
     click.echo("sources:")
     for source in SOURCES.values():
         click.echo(f"  {source.name:<14} {source.description}")
     click.echo("variants:")
     for name, text in VARIANT_HELP.items():
         click.echo(f"  {name:<14} {text}")
+    click.echo("shipped checkpoints (official layout, trained on the samples train split):")
+    for name in VARIANT_HELP:
+        path = shipped_checkpoint(name, defaults.SCALE)
+        if path is None:
+            continue
+        card = read_sidecar(path) or {}
+        held = card.get("heldout", {})
+        click.echo(f"  {name} x{defaults.SCALE}: {path.name}; held-out PSNR "
+                   f"{held.get('psnr', float('nan')):.3f} dB vs bicubic "
+                   f"{held.get('bicubic_psnr', float('nan')):.3f} dB "
+                   f"({held.get('gain_db', float('nan')):+.3f}), trained "
+                   f"{card.get('seconds', 0) / 60:.0f} min")
 
 
 @cli.command()
@@ -242,3 +261,69 @@ def data_fetch(name, data_root, lr_scales) -> None:
     """Download the official DIV2K archives (resumable, sha256-checked) and unpack them."""
     root = api.fetch(name, data_root, lr_scales=tuple(int(s) for s in lr_scales))
     click.echo(f"{name} ready under {root}")
+
+
+@cli.command("train")
+@click.option("--source", type=click.Choice(["official", "basicsr"]), default="official",
+              show_default=True, help="Layout of the checkpoint to write.")
+@click.option("--variant", default=defaults.VARIANT, show_default=True, metavar="NAME",
+              help="Registered variant to train.")
+@click.option("--scale", type=int, default=defaults.SCALE, show_default=True)
+@click.option("--dataset", default="samples", show_default=True, metavar="NAME|DIR",
+              help="Training images (samples uses its train split).")
+@click.option("--val-dataset", default=None, metavar="NAME|DIR",
+              help="Validation images (default: the samples held-out split).")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None)
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Fine-tune from this checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.state.pt.")
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--patch-size", type=click.IntRange(min=8), default=48, show_default=True,
+              help="LR patch size.")
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Adam learning rate.")
+@click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine",
+              show_default=True)
+@click.option("--val-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Checkpoint to write (model card: OUT.json).")
+def train_command(out, **kwargs) -> None:
+    """Train or fine-tune a variant (L1, Adam, flips/rotations, periodic validation PSNR)."""
+    card = api.train(out, **kwargs)
+    held = card["heldout"]
+    click.echo(f"wrote {out} and {out}.json: held-out {card['val_set']['name']} "
+               f"({card['val_set']['count']} images) PSNR {held['psnr']:.3f} dB / SSIM "
+               f"{held['ssim']:.4f}; bicubic {held['bicubic_psnr']:.3f} / {held['bicubic_ssim']:.4f}; "
+               f"gain {held['gain_db']:+.3f} dB; {card['seconds'] / 60:.1f} min")
+
+
+def _register_subcommands() -> None:
+    """Commands defined in their own modules (bench/gate, TensorRT build/inspect)."""
+    from .bench_commands import bench_command, gate_command
+    from .trt_commands import build_command, inspect_command
+
+    for command in (bench_command, gate_command, build_command, inspect_command):
+        cli.add_command(command)
+
+
+_register_subcommands()
+
+
+@cli.command("demo")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="rcan_deploy_demo",
+              show_default=True, help="Folder for the graphs and the report.")
+@click.option("--runtime", type=click.Choice(["openvino", "ort"]), default="openvino",
+              show_default=True, help="CPU runtime for the bench.")
+def demo_command(out_dir, runtime) -> None:
+    """Shipped SR4K RCAN x2 -> export -> rewrite -> INT8 -> bench -> report -> gate."""
+    from ..demo_pipeline import demo
+    from .bench_commands import echo_bench
+
+    result = demo(out_dir, runtime=runtime, echo=click.echo)
+    echo_bench(result["bench"], result["report"])
+    verdict = result["gate"]
+    click.echo(verdict.table())
+    if not verdict:
+        raise GateFailure(verdict.summary())
+    click.echo(verdict.summary())

@@ -1,0 +1,121 @@
+"""CI accuracy gate on a bench ``report.json``.
+
+Checks, for every protocol in the report:
+
+- PSNR drop = reference mean PSNR - candidate mean PSNR <= ``max_psnr_drop``. Default 0.1 dB:
+  a good INT8 PTQ of these small CNNs with per-channel weights stays within about 0.1 dB of FP32
+  (DESIGN.md section 6); VastModelZOO's max-calibrated INT8 rows lose 0.16 and 0.57 dB and fail.
+- SSIM drop, likewise, <= ``max_ssim_drop``. Default 0.005: on the shipped SR4K model a PSNR
+  drop of about 0.05 dB came with SSIM drops of 0.002 (standard, Y) to 0.004 (vacc, RGB), so
+  0.005 matches the 0.1 dB PSNR budget; VastModelZOO's INT8 rows lose 0.010-0.011 and fail.
+- With a ``baseline`` report (same data set): candidate mean PSNR at most ``tolerance`` dB
+  (default 0.05) below the baseline's candidate, so a new build cannot regress unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+MAX_PSNR_DROP = 0.1
+MAX_SSIM_DROP = 0.005
+TOLERANCE = 0.05
+
+
+@dataclass
+class GateResult:
+    """The checks of one gate run (rows of metric, value, limit, ok); truthy when all pass."""
+
+    report: str
+    rows: list[dict]
+
+    def __bool__(self) -> bool:
+        return all(row["ok"] for row in self.rows)
+
+    @property
+    def failures(self) -> list[dict]:
+        return [row for row in self.rows if not row["ok"]]
+
+    def summary(self) -> str:
+        """One line: passed, or which checks failed by how much."""
+        if self:
+            return f"gate passed: {len(self.rows)} checks within limits ({self.report})"
+        return "gate failed: " + "; ".join(f"{row['metric']} {row['value']:.4f} > {row['limit']}"
+                                           for row in self.failures)
+
+    def table(self) -> str:
+        lines = [f"{'check':<42} {'value':>10} {'limit':>8}  result"]
+        lines += [f"{row['metric']:<42} {row['value']:>10.4f} {row['limit']:>8}  "
+                  f"{'ok' if row['ok'] else 'FAIL'}" for row in self.rows]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": bool(self)}
+
+
+def gate(report_json: str | Path, baseline: str | Path | None = None,
+         max_psnr_drop: float = MAX_PSNR_DROP, max_ssim_drop: float = MAX_SSIM_DROP,
+         tolerance: float = TOLERANCE) -> GateResult:
+    """Check a bench report against the drop budgets (and a baseline report); see the module
+    docstring. Unusable input (missing file, not JSON, no reference) is a UserError."""
+    for flag, value in (("--max-psnr-drop", max_psnr_drop), ("--max-ssim-drop", max_ssim_drop),
+                        ("tolerance", tolerance)):
+        if not value >= 0:
+            raise UserError(f"{flag} {value}: expected a non-negative number")
+    report = _load(report_json)
+    if not report.get("reference"):
+        raise UserError(f"{report_json}: the report has no reference, so there is no drop to gate "
+                        "(bench an INT8 graph or engine, or pass --reference)")
+    rows = []
+    for protocol, entry in report["summary"].items():
+        if not all(isinstance(entry.get(who), dict) for who in ("candidate", "reference")):
+            raise UserError(f"{report_json}: summary[{protocol!r}] lacks candidate/reference means")
+        for metric, limit in (("psnr", max_psnr_drop), ("ssim", max_ssim_drop)):
+            drop = entry["reference"][metric] - entry["candidate"][metric]
+            rows.append(_row(f"{metric.upper()} drop vs reference ({protocol})", drop, limit))
+    if baseline is not None:
+        rows += _baseline_rows(report, report_json, _load(baseline), baseline, tolerance)
+    return GateResult(str(report_json), rows)
+
+
+def _row(metric: str, value: float, limit: float) -> dict:
+    return {"metric": metric, "value": float(value), "limit": limit,
+            "ok": bool(not math.isnan(value) and value <= limit)}
+
+
+def _baseline_rows(report: dict, report_path, base: dict, base_path, tolerance: float) -> list:
+    ours, theirs = (_dataset_key(d["dataset"]) for d in (report, base))
+    if ours != theirs:
+        raise UserError(f"--baseline {base_path} was measured on {theirs} but {report_path} on "
+                        f"{ours}; compare reports of the same images")
+    shared = [p for p in report["summary"] if p in base["summary"]]
+    if not shared:
+        raise UserError(f"--baseline {base_path} shares no protocol with {report_path}")
+    return [_row(f"PSNR below baseline ({protocol})", base["summary"][protocol]["candidate"]["psnr"]
+                 - report["summary"][protocol]["candidate"]["psnr"], tolerance)
+            for protocol in shared]
+
+
+def _dataset_key(dataset: dict) -> str:
+    split = f" {dataset['split']}" if dataset.get("split") else ""
+    return f"{dataset.get('name')}{split} x{dataset.get('scale')} ({dataset.get('count')} images)"
+
+
+def _load(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such report (run 'rcan-deploy bench' first)") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, expected its report.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a JSON bench report ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("summary"), dict) \
+            or not isinstance(data.get("dataset"), dict):
+        raise UserError(f"{path}: not a bench report (no summary and dataset entries)")
+    return data

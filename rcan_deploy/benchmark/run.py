@@ -1,0 +1,349 @@
+"""Benchmark a candidate (INT8 graph, engine, any ONNX SR graph) against its FP32 reference.
+
+Every image of the data set is super-resolved at the graph's fixed shape through
+:func:`rcan_deploy.tiling.upscale` (fit, pad or tile, recorded per image) by the candidate, the
+reference and MATLAB bicubic; PSNR/SSIM are computed in the chosen protocol(s). Latency is timed
+at the graph's fixed shape on a random input. FLOPs and params come from the ONNX graph (for an
+engine, the ONNX it was built from).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..artifacts import command_line, read_sidecar, sidecar_path, tool_versions
+from ..backends import Runner, get_runner
+from ..data import get_dataset, imresize, to_uint8
+from ..errors import UserError
+from ..metrics import PROTOCOLS, evaluate
+from ..onnx_utils import input_shape, load_model
+from ..tiling import ReceptiveField, receptive_field, upscale
+from .chain import artifact_chain, chain_value, parent_file
+
+PROTOCOL_CHOICES = (*PROTOCOLS, "both")
+ENGINE_SUFFIXES = (".plan", ".engine")
+METRICS = ("psnr", "ssim")
+CROP_SIZE = 128  # HR pixels of the worst-crop figure
+_EXTRA_VERSIONS = ("openvino", "tensorrt", "cuda-python", "matplotlib", "opencv-python-headless",
+                   "opencv-python", "scikit-image")
+_PRECISIONS = {"onnx-fp32": "fp32", "onnx-int8-qdq": "int8"}
+
+
+@dataclass
+class Subject:
+    """One model under test: its file, runtime, ONNX graph, sidecars and graph settings."""
+
+    role: str  # candidate | reference
+    path: Path
+    runtime: str
+    onnx_path: Path  # the graph itself, or the ONNX an engine was built from
+    chain: list[tuple[Path, dict]]
+    graph_hw: tuple[int, int]
+    scale: int
+    input_range: int
+    precision: str
+    field: ReceptiveField
+
+    @property
+    def label(self) -> str:
+        return f"{self.precision.upper()} ({self.runtime})"
+
+    def describe(self) -> dict:
+        sidecar = self.chain[0][1]
+        return {"path": str(self.path), "runtime": self.runtime, "kind": sidecar.get("kind"),
+                "precision": self.precision, "label": self.label, "onnx": str(self.onnx_path),
+                "graph_shape": [1, 3, *self.graph_hw], "scale": self.scale,
+                "input_range": self.input_range, "global_pooling": self.field.global_pooling,
+                "sha256": sidecar.get("sha256")}
+
+
+@dataclass
+class WorstCrop:
+    """Crops (HR pixels) of the image where the candidate loses most: against the reference,
+    else against bicubic; ``error`` is the mean absolute difference (0..255) that placed it."""
+
+    image: str
+    box: tuple[int, int, int, int]  # top, left, height, width
+    against: str  # reference | bicubic
+    score: float  # candidate minus ``against`` PSNR, dB
+    protocol: str
+    panels: list[tuple[str, np.ndarray, float | None]]  # label, uint8 crop, image PSNR
+    error: np.ndarray
+    error_label: str
+
+    def describe(self) -> dict:
+        return {"image": self.image, "box": list(self.box), "against": self.against,
+                "score_db": self.score,
+                "protocol": self.protocol, "error": self.error_label,
+                "panels": [{"label": label, "psnr": value} for label, _, value in self.panels]}
+
+
+@dataclass
+class BenchResult:
+    """Everything a bench run measured; truthy when at least one image ran."""
+
+    candidate: dict
+    reference: dict | None
+    model: dict  # source, variant, scale, input_range
+    dataset: dict
+    protocols: list[str]
+    images: list[dict]
+    summary: dict
+    latency: dict
+    costs: dict
+    provenance: dict
+    worst: WorstCrop | None = field(default=None, repr=False)
+
+    def __bool__(self) -> bool:
+        return bool(self.images)
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "worst"}
+        data["worst"] = self.worst.describe() if self.worst else None
+        return data
+
+
+def bench(engine: str | Path | None = None, model: str | Path | None = None,
+          runtime: str | None = None, reference: str | Path | None = None,
+          dataset: str | None = None, scale: int | None = None, protocol: str = "standard",
+          limit: int | None = None, warmup: int = 1, repeat: int = 3,
+          data_root: str | Path | None = None, out: str | Path | None = None,
+          progress: bool = True) -> BenchResult:
+    """Measure quality and latency of ``engine`` (TensorRT) or ``model`` (ONNX on ``runtime``:
+    ort by default, openvino, torch) against ``reference`` (default: the FP32 graph found
+    through the sidecars; none for an FP32 candidate). ``dataset`` defaults to div2k_valid when
+    present, else the held-out split of samples (``samples`` always means that split here).
+    ``out``: also write the report there (:func:`rcan_deploy.benchmark.write_report`)."""
+    if (engine is None) == (model is None):
+        raise UserError("pass exactly one of --engine X.plan or --model X.onnx")
+    if protocol not in PROTOCOL_CHOICES:
+        raise UserError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOL_CHOICES)}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: expected at least 1")
+    if warmup < 0 or repeat < 1:
+        raise UserError(f"--warmup {warmup} --repeat {repeat}: expected warmup >= 0, repeat >= 1")
+    if engine is not None and runtime not in (None, "tensorrt"):
+        raise UserError(f"--runtime {runtime}: an --engine runs on TensorRT; drop --runtime")
+    candidate = _subject("candidate", engine if engine is not None else model,
+                         "tensorrt" if engine is not None else runtime or "ort", scale)
+    ref, discovered = _reference(candidate, reference)
+    data, chosen = _dataset(dataset, candidate.scale, data_root)
+    pairs = data.pairs[:limit] if limit else data.pairs
+    protocols = list(PROTOCOLS) if protocol == "both" else [protocol]
+    subjects = [s for s in (candidate, ref) if s is not None]
+    with ExitStack() as stack:
+        runners = [stack.enter_context(get_runner(s.runtime, s.path)) for s in subjects]
+        rows, worst = _quality(subjects, runners, pairs, protocols, chosen, progress)
+        latency = {s.role: _latency(r, s, warmup, repeat) for s, r in zip(subjects, runners)}
+    costs = {s.role: _costs(s) for s in subjects}
+    artifacts = {str(p): side for s in subjects for p, side in s.chain}
+    artifacts.update({str(p): side for p, side in discovered})
+    result = BenchResult(
+        candidate=candidate.describe(), reference=ref.describe() if ref else None,
+        model={"source": chain_value(candidate.chain, "source"),
+               "variant": chain_value(candidate.chain, "variant"),
+               "scale": candidate.scale, "input_range": candidate.input_range,
+               "config": chain_value(candidate.chain, "config")},
+        dataset={**data.describe(), "count": len(pairs), "limit": limit, "chosen": chosen},
+        protocols=protocols, images=rows, summary=summarize(rows, protocols), latency=latency,
+        costs=costs,
+        provenance={"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "command": command_line(),
+                    "reference_found_by": ("--reference" if reference is not None else
+                                           "sidecar chain" if ref else None),
+                    "artifacts": artifacts, "versions": tool_versions(_EXTRA_VERSIONS)},
+        worst=worst)
+    if out is not None:
+        from .report import write_report
+
+        write_report(result, out)
+    return result
+
+
+def summarize(rows: list[dict], protocols: list[str]) -> dict:
+    """Mean PSNR/SSIM per protocol of candidate, reference, bicubic and of the per-image
+    candidate-minus-reference deltas."""
+    summary = {}
+    for protocol in protocols:
+        entry = {}
+        for who in ("candidate", "reference", "bicubic", "delta"):
+            if rows and rows[0].get(who) is not None:
+                entry[who] = {m: float(np.mean([row[who][protocol][m] for row in rows]))
+                              for m in METRICS}
+        summary[protocol] = entry
+    return summary
+
+
+def _subject(role: str, path: str | Path, runtime: str, scale: int | None) -> Subject:
+    path = Path(path)
+    flag = ("--reference" if role == "reference" else
+            "--engine" if runtime == "tensorrt" else "--model")
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such file")
+    sidecar = read_sidecar(path)
+    if sidecar is None:
+        raise UserError(f"{flag} {path}: no sidecar {sidecar_path(path).name} (bench needs the "
+                        "scale, input range and provenance it records)")
+    chain = [(path, sidecar)]
+    onnx_path = path
+    if runtime == "tensorrt":
+        if "parent" not in sidecar:
+            raise UserError(f"{sidecar_path(path)}: no parent entry naming the engine's ONNX")
+        onnx_path = parent_file(path, sidecar["parent"])
+        chain.append((onnx_path, read_sidecar(onnx_path) or {}))
+    graph = load_model(onnx_path)
+    recorded_shape = chain_value(chain, "input_shape") if runtime == "tensorrt" else None
+    shape = recorded_shape or input_shape(graph)
+    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+        raise UserError(f"{flag} {path}: input shape {shape} is not fixed; bench needs a "
+                        "fixed-shape graph (export --shape HxW)")
+    recorded = (chain_value(chain, "config") or {}).get("scale")
+    if scale is not None and recorded is not None and int(recorded) != scale:
+        other = "--scale" if role == "candidate" else "the candidate"
+        raise UserError(f"{flag} {path}: its sidecar says x{recorded}, {other} x{scale}")
+    if (recorded or scale) is None:
+        raise UserError(f"{flag} {path}: its sidecar records no config.scale; pass --scale S")
+    input_range = chain_value(chain, "input_range")
+    if input_range is None:
+        raise UserError(f"{sidecar_path(path)}: no input_range (1 or 255) recorded")
+    precision = sidecar.get("precision") or _PRECISIONS.get(sidecar.get("kind"), "unknown")
+    if runtime == "torch":  # TorchRunner always runs the FP32 network behind the graph
+        precision = "fp32"
+    return Subject(role, path, runtime, onnx_path, chain, (shape[2], shape[3]),
+                   int(recorded or scale), int(input_range), str(precision),
+                   receptive_field(graph))
+
+
+def _reference(candidate: Subject, reference: str | Path | None
+               ) -> tuple[Subject | None, list[tuple[Path, dict]]]:
+    """The reference subject and the sidecar chain walked to find it (empty when given)."""
+    onnx_runtime = candidate.runtime if candidate.runtime in ("ort", "openvino") else "ort"
+    if reference is not None:
+        path = Path(reference)
+        runtime = "tensorrt" if path.suffix in ENGINE_SUFFIXES else onnx_runtime
+        return _subject("reference", path, runtime, candidate.scale), []
+    chain = artifact_chain(candidate.path)
+    fp32 = chain[-1][0]
+    if fp32.resolve() == candidate.path.resolve():
+        return None, []
+    return _subject("reference", fp32, onnx_runtime, candidate.scale), chain
+
+
+def _dataset(name: str | None, scale: int, data_root):
+    """The data set and a line saying how it was chosen."""
+    if name is not None:
+        split = "heldout" if name == "samples" else None
+        data = get_dataset(name, scale, data_root, split=split)
+        return data, f"--dataset {name}" + (" (held-out split)" if split else "")
+    try:
+        return get_dataset("div2k_valid", scale, data_root), "default: div2k_valid (found)"
+    except UserError:
+        data = get_dataset("samples", scale, split="heldout")
+        return data, "default: samples held-out split (div2k_valid not found under the data root)"
+
+
+def _quality(subjects: list[Subject], runners: list[Runner], pairs, protocols: list[str],
+             chosen: str, progress: bool) -> tuple[list[dict], WorstCrop | None]:
+    from tqdm import tqdm
+
+    has_reference = len(subjects) > 1
+    rows: list[dict] = []
+    worst: WorstCrop | None = None
+    if progress:
+        print(f"dataset: {chosen}, {len(pairs)} images, protocol {', '.join(protocols)}",
+              file=sys.stderr)
+    bar = tqdm(pairs, desc="bench", unit="img", disable=not progress, file=sys.stderr)
+    scale = subjects[0].scale
+    for pair in bar:
+        lr, hr = pair.load()
+        hr8 = to_uint8(hr)
+        row: dict = {"image": pair.name, "lr_size": list(lr.shape[:2]),
+                     "hr_size": list(hr8.shape[:2])}
+        outputs = {}
+        for subject, runner in zip(subjects, runners):
+            start = time.perf_counter()
+            sr, route = upscale(runner, lr, subject.graph_hw, scale, subject.input_range,
+                                field=subject.field)
+            outputs[subject.role] = sr * 255.0
+            row[subject.role] = {**route, "seconds": time.perf_counter() - start,
+                                 **_metrics(outputs[subject.role], hr8, scale, protocols)}
+        outputs["bicubic"] = imresize(lr, scale).astype(np.float32) * 255.0
+        row["bicubic"] = _metrics(outputs["bicubic"], hr8, scale, protocols)
+        row["delta"] = ({p: {m: row["candidate"][p][m] - row["reference"][p][m] for m in METRICS}
+                         for p in protocols} if has_reference else None)
+        rows.append(row)
+        mean_psnr = np.mean([r["candidate"][protocols[0]]["psnr"] for r in rows])
+        bar.set_postfix(psnr=f"{mean_psnr:.3f}")
+        worst = _worse(worst, row, outputs, hr8, subjects, protocols[0])
+    return rows, worst
+
+
+def _metrics(sr: np.ndarray, hr8: np.ndarray, scale: int, protocols: list[str]) -> dict:
+    return {p: evaluate(sr, hr8, scale, p) for p in protocols}
+
+
+def _worse(worst: WorstCrop | None, row: dict, outputs: dict, hr8: np.ndarray,
+           subjects: list[Subject], protocol: str) -> WorstCrop | None:
+    """``worst``, or this image when the candidate loses more here (against the reference,
+    else against bicubic); the crop is centred on the largest local mean error."""
+    against = "reference" if "reference" in outputs else "bicubic"
+    score = row["candidate"][protocol]["psnr"] - row[against][protocol]["psnr"]
+    if worst is not None and score >= worst.score:
+        return worst
+    baseline = outputs["reference"] if against == "reference" else hr8.astype(np.float32)
+    error = np.abs(outputs["candidate"] - baseline).mean(axis=2)
+    height, width = error.shape
+    size = min(CROP_SIZE, height, width)
+    local = cv2.blur(error, (size, size), borderType=cv2.BORDER_CONSTANT)
+    cy, cx = np.unravel_index(int(np.argmax(local)), local.shape)
+    top = int(min(max(cy - size // 2, 0), height - size))
+    left = int(min(max(cx - size // 2, 0), width - size))
+    window = (slice(top, top + size), slice(left, left + size))
+    labels = {"bicubic": "Bicubic", **{s.role: s.label for s in subjects}}
+    panels = [(labels[who], to_uint8(outputs[who][window] / 255.0), row[who][protocol]["psnr"])
+              for who in ("bicubic", "reference", "candidate") if who in outputs]
+    panels.append(("HR", hr8[window], None))
+    error_label = (f"|{labels['candidate']} - {labels['reference']}|" if against == "reference"
+                   else f"|{labels['candidate']} - HR|")
+    return WorstCrop(row["image"], (top, left, size, size), against, score, protocol, panels,
+                     error[window], error_label)
+
+
+def _latency(runner: Runner, subject: Subject, warmup: int, repeat: int) -> dict:
+    """Median / p90 wall seconds (host copies included) of ``repeat`` runs after ``warmup`` at
+    the graph's fixed shape; runners that time the device alone add ``gpu_median_s``."""
+    height, width = subject.graph_hw
+    rng = np.random.default_rng(0)
+    x = (rng.random((1, 3, height, width)) * subject.input_range).astype(np.float32)
+    for _ in range(warmup):
+        runner.infer(x)
+    times = []
+    for _ in range(repeat):
+        runner.infer(x)
+        times.append(runner.last_inference_time())
+    median = float(np.median(times))
+    output_mpix = height * width * subject.scale**2 / 1e6
+    timing = {"runtime": subject.runtime, "shape": [1, 3, height, width], "warmup": warmup,
+              "repeat": repeat, "seconds": times, "median_s": median,
+              "p90_s": float(np.percentile(times, 90)), "fps": 1.0 / median,
+              "output_mpix_per_s": output_mpix / median}
+    gpu_times = getattr(runner, "gpu_times", None)  # TensorRT: engine time without copies
+    if gpu_times:
+        timing["gpu_median_s"] = float(np.median(gpu_times[-repeat:]))
+    return timing
+
+
+def _costs(subject: Subject) -> dict:
+    from ..costs import model_info
+
+    return {"onnx": str(subject.onnx_path), **model_info(load_model(subject.onnx_path))}
+
+

@@ -1,0 +1,100 @@
+"""The ``bench`` and ``gate`` commands: thin click wrappers over :mod:`rcan_deploy.benchmark`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import defaults
+from ..benchmark import bench, gate
+from ..benchmark.gate import MAX_PSNR_DROP, MAX_SSIM_DROP, TOLERANCE
+from ..benchmark.report import DEFAULT_OUT
+from ..benchmark.run import PROTOCOL_CHOICES
+from ..errors import GateFailure
+
+
+@click.command("bench")
+@click.option("--engine", type=click.Path(dir_okay=False), default=None, metavar="X.plan",
+              help="TensorRT engine to benchmark (needs tensorrt and cuda-python).")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, metavar="X.onnx",
+              help=f"ONNX graph to benchmark. Default when neither is given: {defaults.INT8_ONNX}.")
+@click.option("--runtime", type=click.Choice(["ort", "openvino", "torch"]), default=None,
+              help="Runtime for --model (default ort; torch runs the FP32 network it came from).")
+@click.option("--reference", type=click.Path(dir_okay=False), default=None,
+              metavar="FP32.onnx|FP32.plan",
+              help="Reference to compare with. Default: the FP32 graph found through the "
+                   "sidecars; none for an FP32 candidate.")
+@click.option("--dataset", default=None, metavar="NAME|DIR",
+              help="div2k_valid, samples (held-out split) or a folder of images. Default: "
+                   "div2k_valid when present, else samples.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding DIV2K/ (default $RCAN_DEPLOY_DATA, else "
+                   "~/.cache/rcan_deploy/data).")
+@click.option("--scale", type=click.IntRange(min=2), default=None,
+              help="Upscaling factor of a graph whose sidecar does not record it.")
+@click.option("--protocol", type=click.Choice(PROTOCOL_CHOICES), default="standard",
+              show_default=True, help="standard (Y, border crop), vacc (the reference table's) "
+                                      "or both.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N images only.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed runs before the latency runs.")
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed runs at the graph's fixed shape.")
+@click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True,
+              help="Report folder (report.json, report.md, PNG figures).")
+def bench_command(engine, model, out, **kwargs) -> None:
+    """Quality (PSNR/SSIM vs reference and bicubic) and latency, with a report."""
+    if engine is None and model is None:
+        model = defaults.INT8_ONNX
+    echo_bench(bench(engine=engine, model=model, out=out, **kwargs), out)
+
+
+def echo_bench(result, out) -> None:
+    """Print a bench result: subjects, data set, the metric table, latency, report path."""
+    cand, ref = result.candidate, result.reference
+    found = result.provenance["reference_found_by"]
+    click.echo(f"candidate {cand['path']} ({cand['label']}); reference "
+               + (f"{ref['path']} ({ref['label']}, {found})" if ref else "none"))
+    data = result.dataset
+    click.echo(f"data set {data['name']}{' ' + data['split'] if data['split'] else ''} "
+               f"x{data['scale']}, {data['count']} images ({data['chosen']})")
+    click.echo(f"{'protocol':<9} {'metric':<6} {'candidate':>10} {'reference':>10} "
+               f"{'cand-ref':>9} {'bicubic':>9}")
+    for protocol, entry in result.summary.items():
+        for metric in ("psnr", "ssim"):
+            cells = [_cell(entry, who, metric, width, sign) for who, width, sign in
+                     (("candidate", 10, ""), ("reference", 10, ""), ("delta", 9, "+"),
+                      ("bicubic", 9, ""))]
+            click.echo(f"{protocol:<9} {metric.upper():<6} {' '.join(cells)}")
+    for role, timing in result.latency.items():
+        shape = "x".join(str(d) for d in timing["shape"])
+        click.echo(f"latency {getattr(result, role)['label']} at {shape}: median "
+                   f"{timing['median_s'] * 1e3:.1f} ms, p90 {timing['p90_s'] * 1e3:.1f} ms, "
+                   f"{timing['fps']:.2f} frames/s, {timing['output_mpix_per_s']:.2f} MP/s out")
+    click.echo(f"report: {Path(out) / 'report.md'} (and report.json, figures)")
+
+
+def _cell(entry: dict, who: str, metric: str, width: int, sign: str) -> str:
+    value = (entry.get(who) or {}).get(metric)
+    digits = 3 if metric == "psnr" else 4
+    return f"{'-':>{width}}" if value is None else f"{value:{sign}{width}.{digits}f}"
+
+
+@click.command("gate")
+@click.argument("report", type=click.Path(dir_okay=False), metavar="REPORT.json")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+              metavar="BASELINE.json",
+              help="Earlier report.json: fail when the candidate's mean PSNR is lower by more "
+                   f"than {TOLERANCE} dB.")
+@click.option("--max-psnr-drop", type=float, default=MAX_PSNR_DROP, show_default=True,
+              metavar="DB", help="Largest allowed mean PSNR drop of the candidate vs reference.")
+@click.option("--max-ssim-drop", type=float, default=MAX_SSIM_DROP, show_default=True,
+              metavar="X", help="Largest allowed mean SSIM drop of the candidate vs reference.")
+def gate_command(report, baseline, max_psnr_drop, max_ssim_drop) -> None:
+    """CI accuracy gate on a bench report: exit 0 pass, 1 fail, 2 unusable input."""
+    result = gate(report, baseline, max_psnr_drop=max_psnr_drop, max_ssim_drop=max_ssim_drop)
+    click.echo(result.table())
+    if not result:
+        raise GateFailure(result.summary())
+    click.echo(result.summary())

@@ -1,0 +1,240 @@
+"""Build a TensorRT engine from an ONNX graph (TensorRT 10.x and 11.x) and write its sidecar.
+
+Builder -> strongly typed network -> ONNX parser -> builder config (workspace, timing cache,
+profiling verbosity) -> serialized engine, written atomically with ``X.plan.json`` beside it.
+Precisions (TensorRT 11 has no FP16/INT8 builder flags, so precision lives in the graph):
+
+- ``int8``: a QDQ graph as is (``rcan-deploy quantize``); INT8 where the graph has Q/DQ.
+- ``fp32``: a float graph as is, TF32 off.
+- ``fp16``: an FP16 copy of a float graph (:func:`rcan_deploy.trt.fp16.fp16_graph`).
+- ``best``: TensorRT 10: the graph as is, weakly typed, with the FP16 (and, for a QDQ graph,
+  INT8) builder flags, letting TensorRT pick per layer; TensorRT 11: the FP16 copy of the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import onnx
+
+from .. import defaults
+from ..artifacts import (atomic_path, command_line, read_sidecar, sha256_file, sidecar_path,
+                         tool_versions, write_json)
+from ..errors import UserError
+from ..onnx_utils import input_shape, load_model
+from . import require_cudart, require_tensorrt
+from .device import current_gpu
+from .engine import dtype_name, trt_logger
+
+PRECISIONS = ("int8", "fp32", "fp16", "best")
+PROFILE_VERBOSITIES = ("layer_names_only", "detailed", "none")
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# What an engine inherits from its ONNX parent's sidecar (what the network is, its value range).
+_INHERITED = ("source", "variant", "config", "native_input_range", "weights", "input_range")
+_EXTRA_VERSIONS = ("tensorrt", "cuda-python", "cuda-bindings", "nvidia-modelopt")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build. ``workspace_mb`` None: TensorRT's default (the GPU's memory);
+    ``timing_cache``: a file read when present and written after the build."""
+
+    precision: str = "int8"
+    workspace_mb: int | None = None
+    timing_cache: str | None = None
+    profile_verbosity: str = "layer_names_only"
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision!r}: expected one of "
+                            f"{', '.join(PRECISIONS)}")
+        if self.profile_verbosity not in PROFILE_VERBOSITIES:
+            raise UserError(f"--profile-verbosity {self.profile_verbosity!r}: expected one of "
+                            f"{', '.join(PROFILE_VERBOSITIES)}")
+        if self.workspace_mb is not None and self.workspace_mb <= 0:
+            raise UserError(f"--workspace {self.workspace_mb}: expected a positive number of MB")
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """How a precision is realised on the installed TensorRT."""
+
+    fp16_copy: bool  # parse the FP16 copy of the graph instead of the graph itself
+    strongly_typed: bool
+    set_flags: tuple[str, ...] = ()  # BuilderFlag names to set
+    clear_flags: tuple[str, ...] = ()  # BuilderFlag names to clear (when the enum has them)
+
+
+def network_plan(precision: str, has_qdq: bool, precision_flags: bool) -> NetworkPlan:
+    """The plan for ``precision``; ``precision_flags``: BuilderFlag has FP16/INT8 (TensorRT 10)."""
+    if precision == "fp32":
+        return NetworkPlan(fp16_copy=False, strongly_typed=True, clear_flags=("TF32",))
+    if precision == "int8":
+        return NetworkPlan(fp16_copy=False, strongly_typed=True)
+    if precision == "best" and precision_flags:
+        return NetworkPlan(fp16_copy=False, strongly_typed=False,
+                           set_flags=("FP16", "INT8") if has_qdq else ("FP16",))
+    return NetworkPlan(fp16_copy=True, strongly_typed=True)  # fp16; best on TensorRT 11
+
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """Whether the graph has QuantizeLinear/DequantizeLinear nodes (explicit INT8)."""
+    return any(node.op_type in _QDQ_OPS for node in model.graph.node)
+
+
+def check_graph(path: Path, model: onnx.ModelProto, precision: str) -> None:
+    """UserError when the graph cannot give ``precision``: int8 needs Q/DQ nodes, fp32 and fp16
+    need a float graph (a QDQ graph would run INT8 layers under that label)."""
+    qdq = has_qdq(model)
+    if precision == "int8" and not qdq:
+        raise UserError(f"{path}: --precision int8 needs a QDQ graph and this one has no "
+                        "QuantizeLinear/DequantizeLinear nodes: run rcan-deploy quantize first, or "
+                        "build with --precision fp16 or fp32")
+    if precision in ("fp32", "fp16") and qdq:
+        raise UserError(f"{path}: --precision {precision} needs a float graph and this one has "
+                        "Q/DQ nodes: use --precision int8 or best, or build its float parent")
+    if not all(isinstance(d, int) and d > 0 for d in input_shape(model)):
+        raise UserError(f"{path}: the graph input has a dynamic shape {input_shape(model)}: build "
+                        "from a fixed-shape graph (rcan-deploy export --shape HxW)")
+
+
+def default_engine_path(onnx_path: str | Path, precision: str) -> Path:
+    """``rcan_int8.onnx`` -> ``rcan_int8.plan`` for int8; ``rcan.onnx`` -> ``rcan_fp16.plan``."""
+    path = Path(onnx_path)
+    suffix = "" if precision == "int8" else f"_{precision}"
+    return path.with_name(f"{path.stem}{suffix}.plan")
+
+
+def parser_failure(path: Path, errors: list) -> UserError:
+    """One line naming the first parser errors (node index, name and op) of a rejected graph."""
+    items = []
+    for error in errors:
+        where = (f"node {error.node()} {error.node_name()!r} ({error.node_operator()})"
+                 if error.node() >= 0 else "graph")
+        items.append(f"{where}: {' '.join(error.desc().split())}")
+    shown = "; ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+    return UserError(f"{path}: TensorRT's ONNX parser rejected the graph: "
+                     f"{shown or 'no error reported'}")
+
+
+def engine_record(options: BuildOptions, plan: NetworkPlan, onnx_path: Path,
+                  tensorrt_version: str, gpu: dict[str, Any], io: dict[str, list[dict]],
+                  seconds: float) -> dict[str, Any]:
+    """The sidecar fields of an engine (without the standard artifact fields)."""
+    parent = read_sidecar(onnx_path) or {}
+    return {
+        **{key: parent[key] for key in _INHERITED if key in parent},
+        "kind": "tensorrt-engine",
+        "precision": options.precision,
+        "parent": {"path": str(onnx_path), "sha256": sha256_file(onnx_path),
+                   "kind": parent.get("kind", "onnx")},
+        "input_shape": io["inputs"][0]["shape"],
+        "output_shape": io["outputs"][0]["shape"],
+        **io,
+        "tensorrt": {"version": tensorrt_version},
+        "gpu": {"name": gpu["name"], "compute_capability": gpu["compute_capability"]},
+        "build": {"seconds": round(seconds, 2), "workspace_mb": options.workspace_mb,
+                  "timing_cache": options.timing_cache,
+                  "profile_verbosity": options.profile_verbosity,
+                  "strongly_typed": plan.strongly_typed, "builder_flags": list(plan.set_flags),
+                  "graph": "fp16 copy (modelopt autocast)" if plan.fp16_copy else "as is"},
+    }
+
+
+def build_engine(onnx_path: str | Path = defaults.INT8_ONNX, out: str | Path | None = None, *,
+                 precision: str = "int8", workspace_mb: int | None = None,
+                 timing_cache: str | Path | None = None,
+                 profile_verbosity: str = "layer_names_only") -> dict[str, Any]:
+    """Build a TensorRT engine from a fixed-shape ONNX graph; write it and ``OUT.json``.
+
+    ``out`` None: :func:`default_engine_path`. Returns the sidecar. TensorRT, cuda-python and a
+    GPU are checked before anything is read."""
+    options = BuildOptions(precision, workspace_mb, str(timing_cache) if timing_cache else None,
+                           profile_verbosity)
+    options.validate()
+    trt = require_tensorrt()
+    gpu = current_gpu(require_cudart())
+    onnx_path = Path(onnx_path)
+    model = load_model(onnx_path)
+    check_graph(onnx_path, model, precision)
+    out = Path(out) if out else default_engine_path(onnx_path, precision)
+    flags = all(hasattr(trt.BuilderFlag, name) for name in ("FP16", "INT8"))
+    plan = network_plan(precision, has_qdq(model), flags)
+    start = time.perf_counter()
+    with atomic_path(out) as tmp:
+        serialized, io = _build(trt, onnx_path, model, plan, options)
+        record = engine_record(options, plan, onnx_path, trt.__version__, gpu, io,
+                               time.perf_counter() - start)
+        tmp.write_bytes(serialized)
+        sidecar = {"artifact": out.name, "sha256": sha256_file(tmp),
+                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "command": command_line(), **record, "versions": tool_versions(_EXTRA_VERSIONS)}
+        sidecar = json.loads(json.dumps(sidecar, default=str))  # what readers will see
+        write_json(sidecar_path(out), sidecar)
+    return sidecar
+
+
+def _build(trt: ModuleType, path: Path, model: onnx.ModelProto, plan: NetworkPlan,
+           options: BuildOptions) -> tuple[Any, dict[str, list[dict]]]:
+    """The serialized engine and the network's I/O tensors."""
+    logger = trt_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt, plan.strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if plan.fp16_copy:
+        from .fp16 import fp16_graph
+
+        parsed = parser.parse(fp16_graph(model).SerializeToString())
+    else:
+        parsed = parser.parse_from_file(str(path))
+    if not parsed:
+        raise parser_failure(path, [parser.get_error(i) for i in range(parser.num_errors)])
+    config = builder.create_builder_config()
+    if options.workspace_mb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    for name in plan.set_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    for name in plan.clear_flags:
+        if hasattr(trt.BuilderFlag, name):
+            config.clear_flag(getattr(trt.BuilderFlag, name))
+    config.profiling_verbosity = getattr(trt.ProfilingVerbosity, options.profile_verbosity.upper())
+    if options.timing_cache:
+        _load_timing_cache(config, Path(options.timing_cache))
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        detail = f" ({logger.errors[-1].strip()[:200]})" if logger.errors else ""
+        raise UserError(f"{path}: TensorRT could not build an engine{detail}")
+    if options.timing_cache:
+        with atomic_path(options.timing_cache) as tmp:
+            tmp.write_bytes(config.get_timing_cache().serialize())
+    tensors = {"inputs": [network.get_input(i) for i in range(network.num_inputs)],
+               "outputs": [network.get_output(i) for i in range(network.num_outputs)]}
+    io = {key: [{"name": t.name, "shape": list(t.shape), "dtype": dtype_name(trt, t.dtype)}
+                for t in items] for key, items in tensors.items()}
+    return serialized, io
+
+
+def _network_flags(trt: ModuleType, strongly_typed: bool) -> int:
+    """STRONGLY_TYPED where the enum has it (TensorRT 10; 11 accepts and ignores it: its networks
+    are always strongly typed)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 1 << int(flag) if strongly_typed and flag is not None else 0
+
+
+def _load_timing_cache(config, path: Path) -> None:
+    """Start from the cache in ``path`` (an empty one when the file does not exist yet)."""
+    if path.is_dir() or not path.parent.is_dir():
+        raise UserError(f"--timing-cache {path}: expected a file in an existing folder")
+    cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise UserError(f"{path}: not a timing cache of this TensorRT version and GPU: delete it "
+                        "or pass another --timing-cache")
+
+
+

@@ -32,6 +32,14 @@ from rcan_deploy import api
 api.quantize(sys.argv[1], sys.argv[2], calib="samples", progress=False, target=sys.argv[3])
 """
 
+_PREPARE = r"""
+import sys
+import rcan_deploy
+fp32, rank4 = sys.argv[1:3]
+rcan_deploy.export(fp32, source="official", variant="rcan-sr4k")
+rcan_deploy.rewrite(fp32, rank4, pixel_shuffle="convtranspose")
+"""
+
 _ORT_FULL_FRAMES = r"""
 import sys, cv2, numpy as np
 from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
@@ -54,7 +62,10 @@ quantize_static(model, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=
 
 
 def run_child(code: str, *args: str) -> dict:
-    """Run ``code`` in a fresh interpreter; seconds, peak RSS (GB) and success."""
+    """Run ``code`` in a fresh interpreter; seconds, peak RSS (GB) and success.
+
+    wait4's peak RSS also counts the parent's resident memory at fork time, so this script keeps
+    its own process small until every cost is measured (graphs are made in a child too)."""
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
@@ -86,13 +97,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("quantize_cost.md"))
     args = parser.parse_args()
 
-    import rcan_deploy
-
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = os.path.join(tmp, "rcan.onnx")
-        rcan_deploy.export(fp32, source="official", variant="rcan-sr4k")
         rank4 = os.path.join(tmp, "rcan_convtranspose.onnx")
-        rcan_deploy.rewrite(fp32, rank4, pixel_shuffle="convtranspose")
+        prepared = run_child(_PREPARE, fp32, rank4)
+        if prepared["note"]:
+            sys.exit(f"preparing the graphs failed: {prepared['note']}")
         graphs = {"fp32": fp32, "int8 (tensorrt target)": os.path.join(tmp, "trt.onnx"),
                   "int8 (cpu target)": os.path.join(tmp, "cpu.onnx"),
                   "fp32, ConvTranspose": rank4,

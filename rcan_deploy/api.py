@@ -142,17 +142,6 @@ def _graph_scale(model, sidecar: dict) -> int:
     return h_out // h_in
 
 
-def default_dataset(data_root: str | Path | None = None) -> str:
-    """``div2k_valid`` when it is present under the data root, else ``samples``."""
-    from .data.datasets import get_dataset
-
-    try:
-        get_dataset("div2k_valid", 2, data_root)
-        return "div2k_valid"
-    except UserError:
-        return "samples"
-
-
 def _heldout_crops(calib: str, scale: int, data_root, crop_size: int, seed: int, count: int):
     """LR/HR crop pairs not used for calibration: the held-out split of ``samples``, else other
     crop positions (seed + 1) of the same set."""
@@ -192,7 +181,7 @@ def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defa
     ``max_drop`` keeps the most sensitive layers in higher precision until the drop fits.
     """
     from .data.crops import calibration_crops
-    from .data.datasets import get_dataset
+    from .data.datasets import default_set_name, get_dataset
     from .quant.graph import (activation_scales, dynamic_copy, has_global_pooling,
                               weight_scale_ranges)
     from .quant.ptq import QuantizeOptions, quantize_model
@@ -204,7 +193,7 @@ def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defa
     scale = _graph_scale(model, sidecar)
     if max_drop is not None and max_drop < 0:
         raise UserError(f"--max-drop {max_drop}: expected a non-negative number of dB")
-    calib = calib or default_dataset(data_root)
+    calib = calib or default_set_name(scale, data_root)
     split = "train" if calib == "samples" else None
     dataset = get_dataset(calib, scale, data_root, split=split)
     crops = calibration_crops(dataset, calib_crops, crop_size, seed, progress=progress)

@@ -22,6 +22,7 @@ import numpy as np
 from ..artifacts import command_line, read_sidecar, sidecar_path, tool_versions
 from ..backends import Runner, get_runner
 from ..data import get_dataset, imresize, to_uint8
+from ..data.datasets import default_set_name
 from ..errors import UserError
 from ..metrics import PROTOCOLS, evaluate
 from ..onnx_utils import input_shape, load_model
@@ -243,11 +244,10 @@ def _dataset(name: str | None, scale: int, data_root):
         split = "heldout" if name == "samples" else None
         data = get_dataset(name, scale, data_root, split=split)
         return data, f"--dataset {name}" + (" (held-out split)" if split else "")
-    try:
+    if default_set_name(scale, data_root) == "div2k_valid":
         return get_dataset("div2k_valid", scale, data_root), "default: div2k_valid (found)"
-    except UserError:
-        data = get_dataset("samples", scale, split="heldout")
-        return data, "default: samples held-out split (div2k_valid not found under the data root)"
+    data = get_dataset("samples", scale, split="heldout")
+    return data, "default: samples held-out split (div2k_valid not found under the data root)"
 
 
 def _quality(subjects: list[Subject], runners: list[Runner], pairs, protocols: list[str],

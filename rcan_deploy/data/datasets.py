@@ -283,3 +283,12 @@ def _folder(folder: Path, scale: int, lr_cache_root: Path) -> Dataset:
         pairs.append(ImagePair(stem, hr_path, scale, lr_path, cache))
     lr_source = LR_GENERATED if lr_dir is None else LR_FROM_FILES
     return Dataset(folder.resolve().name, resolved, scale, tuple(pairs), lr_source)
+
+
+def default_set_name(scale: int = 2, data_root: str | Path | None = None) -> str:
+    """``div2k_valid`` when it is present under the data root, else ``samples``."""
+    try:
+        get_dataset("div2k_valid", scale, data_root)
+        return "div2k_valid"
+    except UserError:
+        return "samples"

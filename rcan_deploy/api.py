@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import defaults
-from .artifacts import read_sidecar, save_onnx, sha256_file
+from .artifacts import (read_sidecar, save_onnx, sha256_file, sidecar_path, tool_versions,
+                        write_json)
 from .errors import UserError, VerificationError
 from .onnx_utils import input_shape, load_model
 
@@ -281,21 +282,19 @@ def train(out: str | Path, *, source: str = "official", variant: str = defaults.
     from .training import train as run_training
 
     variant = canonical_variant(variant)
-    train_split, val_split = ("train", "heldout") if dataset == "samples" else (None, None)
-    train_set = get_dataset(dataset, scale, data_root, split=train_split)
-    val_name = val_dataset or dataset
-    val_set = get_dataset(val_name, scale, data_root,
-                          split=val_split if val_name == "samples" else None)
     if val_dataset is None and dataset != "samples":
         raise UserError("--val-dataset is required unless --dataset samples (which has a "
                         "held-out split)")
+    val_name = val_dataset or dataset
+    train_set = get_dataset(dataset, scale, data_root,
+                            split="train" if dataset == "samples" else None)
+    val_set = get_dataset(val_name, scale, data_root,
+                          split="heldout" if val_name == "samples" else None)
     init = None
     if weights is not None:
         init = load_checkpoint(weights, source, variant, scale).model
     record = run_training(source, variant, scale, train_set, val_set, out, TrainOptions(**recipe),
                           init=init, resume=resume, progress=progress)
-    from .artifacts import sidecar_path, write_json, tool_versions
-
     card = {"kind": "checkpoint", "model_card": True, **record, "init_weights": str(weights)
             if weights else None, "versions": tool_versions()}
     write_json(sidecar_path(out), card)

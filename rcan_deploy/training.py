@@ -126,6 +126,8 @@ def train(source: str, variant: str, scale: int, train_set: Dataset, val_set: Da
     """Train ``variant`` in layout ``source``; write the checkpoint and return the training record."""
     if options.schedule not in SCHEDULES:
         raise UserError(f"--schedule {options.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if not Path(out).parent.is_dir():
+        raise UserError(f"--out {out}: folder {Path(out).parent} does not exist")
     config = variant_config(variant, scale)
     stride = config.head_stride
     if options.patch_size % stride:

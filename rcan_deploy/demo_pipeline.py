@@ -10,8 +10,10 @@ from . import api, defaults
 from .benchmark import bench, gate
 
 VARIANT = "rcan-sr4k"
-# Held-out PSNR budget for the sensitivity fallback: below the gate's 0.1 dB, leaving room for
-# the difference between held-out crops and whole held-out images.
+# Held-out crop PSNR budget for the sensitivity fallback, below the gate's 0.1 dB to leave room
+# for the difference between crops and whole images. On the shipped SR4K RCAN it keeps 11 of 19
+# layers in float; 0.06 dB keeps only the upsampler and head convs, but then the whole-image vacc
+# SSIM drop (0.0053) exceeds the gate's 0.005: the gate, not speed, sets this value.
 FALLBACK_MAX_DROP = 0.05
 
 

@@ -90,3 +90,16 @@ def test_shipped_model_converts_to_basicsr(data):
         np.testing.assert_allclose(basicsr.model(x).numpy() * 255,
                                    official.model(x * 255).numpy(), atol=1e-3)
     assert convert_official(official, "basicsr") is not None
+
+
+def test_torch_runner_rebuilds_a_converted_shipped_model(tmp_path):
+    if shipped_checkpoint("rcan2-sr4k", 2) is None:
+        pytest.skip("no shipped rcan2-sr4k checkpoint")
+    import rcan_deploy
+    from rcan_deploy.backends import get_runner
+
+    path = tmp_path / "rcan.onnx"
+    rcan_deploy.export(path, source="basicsr", variant="rcan2-sr4k", shape=(32, 48))
+    x = np.random.default_rng(0).random((1, 3, 32, 48), dtype=np.float32)
+    with get_runner("torch", path) as torch_runner, get_runner("ort", path) as ort_runner:
+        np.testing.assert_allclose(torch_runner.infer(x), ort_runner.infer(x), atol=1e-4)

@@ -76,7 +76,9 @@ def _rebuild(fp32_path, sidecar: dict):
         if weights.get("sha256") and sha256_file(weights["path"]) != weights["sha256"]:
             raise UserError(f"{weights['path']}: sha256 differs from the one in {side} "
                             "(checkpoint changed since the export)")
-        resolved = resolve_model(sidecar["source"], variant, config["scale"], weights["path"],
+        # a shipped checkpoint is resolved as the export did (converted to the graph's layout)
+        resolved = resolve_model(sidecar["source"], variant, config["scale"],
+                                 None if weights.get("shipped") else weights["path"],
                                  param_key=weights.get("param_key"))
     if resolved.config.as_dict() != config:
         raise UserError(f"{side}: rebuilt network {resolved.config.describe()} differs from the "

@@ -9,7 +9,7 @@ from . import defaults
 from .artifacts import (read_sidecar, save_onnx, sha256_file, sidecar_path, tool_versions,
                         write_json)
 from .errors import UserError, VerificationError
-from .onnx_utils import input_shape, load_model
+from .onnx_utils import graph_scale, input_shape, load_model
 
 # Whole-graph verification of a rewrite of a fixed-shape graph runs the graph at its own shape;
 # above this many conv MACs (the SR4K graphs at 1080p need ~1.6e11) it is skipped and recorded.
@@ -131,18 +131,6 @@ def _graph_input_range(sidecar: dict, override: int | None, model_path) -> int:
     return int(sidecar["input_range"])
 
 
-def _graph_scale(model, sidecar: dict) -> int:
-    from .onnx_utils import output_shape
-
-    scale = (sidecar.get("config") or {}).get("scale")
-    if scale:
-        return int(scale)
-    h_in, h_out = input_shape(model)[2], output_shape(model)[2]
-    if not (isinstance(h_in, int) and isinstance(h_out, int) and h_out % h_in == 0):
-        raise UserError("cannot tell the upscaling factor of the graph (no sidecar)")
-    return h_out // h_in
-
-
 def _heldout_crops(calib: str, scale: int, data_root, crop_size: int, seed: int, count: int):
     """LR/HR crop pairs not used for calibration: the held-out split of ``samples``, else other
     crop positions (seed + 1) of the same set."""
@@ -191,7 +179,7 @@ def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defa
     model = load_model(model_path)
     sidecar = read_sidecar(model_path) or {}
     value_range = _graph_input_range(sidecar, input_range, model_path)
-    scale = _graph_scale(model, sidecar)
+    scale = graph_scale(model, sidecar, model_path)
     if max_drop is not None and max_drop < 0:
         raise UserError(f"--max-drop {max_drop}: expected a non-negative number of dB")
     calib = calib or default_set_name(scale, data_root)

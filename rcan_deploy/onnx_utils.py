@@ -78,3 +78,16 @@ def simplify(model: onnx.ModelProto, shape: list[int] | None = None) -> onnx.Mod
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot fix the graph input to {list(shape)}: {first}") from None
     return simplified
+
+
+def graph_scale(model: onnx.ModelProto, sidecar: dict, name: str | Path) -> int:
+    """Upscaling factor of an SR graph: ``config.scale`` of its sidecar, else output H / input H
+    of a fixed-shape graph; a UserError naming ``name`` when neither tells."""
+    scale = (sidecar.get("config") or {}).get("scale")
+    if scale:
+        return int(scale)
+    h_in, h_out = input_shape(model)[2], output_shape(model)[2]
+    if not (isinstance(h_in, int) and isinstance(h_out, int) and h_in > 0 and h_out % h_in == 0):
+        raise UserError(f"{name}: no sidecar with config.scale and the graph shape is dynamic, "
+                        "so the scale is unknown")
+    return h_out // h_in

@@ -38,7 +38,7 @@ from .artifacts import read_sidecar
 from .backends import Runner, get_runner
 from .data.io import read_image, to_float, to_uint8, write_image
 from .errors import UserError
-from .onnx_utils import input_shape, load_model, output_shape
+from .onnx_utils import graph_scale, input_shape, load_model
 
 _WINDOW_OPS = ("Conv", "MaxPool", "AveragePool", "LpPool")
 _GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
@@ -333,19 +333,12 @@ def _record(path: str, padded: np.ndarray, tiles: int, overlap: int) -> dict:
 
 
 def _scale_and_range(model: onnx.ModelProto, model_path: str | Path) -> tuple[int, int]:
-    """Scale and input range from the sidecar; else scale from the graph's static shapes and
-    range 1 with a warning."""
+    """Scale (sidecar, else graph shapes) and input range (sidecar, else 1 with a warning)."""
     sidecar = read_sidecar(model_path) or {}
-    scale = (sidecar.get("config") or {}).get("scale")
-    if scale is None:
-        dims_in, dims_out = input_shape(model)[2:], output_shape(model)[2:]
-        if not all(isinstance(d, int) and d > 0 for d in (*dims_in, *dims_out)):
-            raise UserError(f"{model_path}: no sidecar with config.scale and the graph shape is "
-                            f"dynamic, so the scale is unknown")
-        scale = dims_out[0] // dims_in[0]
+    scale = graph_scale(model, sidecar, model_path)
     input_range = sidecar.get("input_range")
     if input_range is None:
         warnings.warn(f"{model_path}: sidecar gives no input_range; assuming inputs in 0..1",
                       stacklevel=2)
         input_range = 1
-    return int(scale), int(input_range)
+    return scale, int(input_range)

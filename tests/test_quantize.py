@@ -158,3 +158,21 @@ def test_end_to_end_1080p_sr4k(tmp_path):
     assert record["calibration"]["crops"] == 64 and record["calibration"]["crop_size"] == 128
     q = onnx.load(tmp_path / "rcan_int8.onnx")
     assert len(quantized_layers(q)) == len(quantized_layers(dynamic_copy(q))) >= 18
+
+
+def test_float_layers_dequantizes_int8_weight_constants(small_graph, tmp_path):
+    """ONNX Runtime's cpu target stores int8 weights; keeping a layer float dequantizes them."""
+    from rcan_deploy.quant.graph import float_layers
+
+    api.quantize(small_graph, tmp_path / "cpu.onnx", calib="samples", target="cpu", **FAST)
+    qdq = onnx.load(tmp_path / "cpu.onnx")
+    layer = quantized_layers(qdq)[0]
+    floated = float_layers(qdq, [layer])
+    assert layer not in quantized_layers(floated)
+    node = next(n for n in floated.graph.node if n.name == layer)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in floated.graph.initializer}
+    original = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(small_graph).graph.initializer}
+    fp32_node = next(n for n in onnx.load(small_graph).graph.node if n.name == layer)
+    restored, exact = weights[node.input[1]], original[fp32_node.input[1]]
+    step = np.abs(exact).reshape(len(exact), -1).max(axis=1) / 127
+    assert np.all(np.abs(restored - exact).reshape(len(exact), -1).max(axis=1) <= step / 2 + 1e-7)

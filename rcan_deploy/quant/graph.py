@@ -84,6 +84,20 @@ def weight_scale_ranges(model: onnx.ModelProto) -> dict[str, list[float]]:
     return ranges
 
 
+def _dequantize(dq: gs.Node) -> np.ndarray:
+    """Float values of a DequantizeLinear of constant integers: (x - zero_point) * scale."""
+    values = dq.inputs[0].values.astype(np.float32)
+    per_channel = [1] * values.ndim
+    per_channel[dq.attrs.get("axis", 1)] = -1
+
+    def broadcast(tensor: gs.Constant) -> np.ndarray:
+        array = tensor.values.astype(np.float32)
+        return array.reshape(per_channel) if array.size > 1 else array
+
+    zero = broadcast(dq.inputs[2]) if len(dq.inputs) > 2 else 0.0
+    return (values - zero) * broadcast(dq.inputs[1])
+
+
 def float_layers(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """Copy of a QDQ graph where the named layers read float inputs (their Q/DQ bypassed):
     how a layer "kept in higher precision" computes, used to measure sensitivity."""
@@ -103,12 +117,6 @@ def float_layers(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
             if q is not None and q.op == "QuantizeLinear":
                 node.inputs[index] = q.inputs[0]
             elif isinstance(dq.inputs[0], gs.Constant):  # int8 weights stored as constants
-                values = dq.inputs[0].values.astype(np.float32)
-                scale = dq.inputs[1].values.astype(np.float32)
-                axis = dq.attrs.get("axis", 1)
-                shape = [1] * values.ndim
-                shape[axis] = -1
-                node.inputs[index] = gs.Constant(f"{tensor.name}_float", values * (
-                    scale.reshape(shape) if scale.size > 1 else scale))
+                node.inputs[index] = gs.Constant(f"{tensor.name}_float", _dequantize(dq))
     graph.cleanup().toposort()
     return gs.export_onnx(graph, opset_imports=list(model.opset_import))

@@ -21,16 +21,47 @@ def export(out: str | Path = defaults.FP32_ONNX, *, source: str | None = None,
            random_weights: bool = False, param_key: str | None = None,
            shape: tuple[int, int] = defaults.SHAPE, opset: int = defaults.OPSET,
            pixel_shuffle: str = "keep", input_range: str = "native",
-           fold_meanshift: bool = False, seed: int = 0) -> dict:
-    """Build (or load) an RCAN network and write a verified fixed-shape ONNX graph + sidecar."""
+           fold_meanshift: bool = False, optimize: bool = True, seed: int = 0) -> dict:
+    """Build (or load) an RCAN network and write a verified, optimized (unless ``optimize`` is
+    False) fixed-shape ONNX graph + sidecar."""
     from .checkpoints import resolve_model
     from .exporter import ExportOptions
     from .exporter import export as export_to
 
     resolved = resolve_model(source, variant, scale, weights, random_weights, param_key, seed)
     options = ExportOptions(shape=tuple(shape), opset=opset, pixel_shuffle=pixel_shuffle,
-                            input_range=input_range, fold_meanshift=fold_meanshift, seed=seed)
+                            input_range=input_range, fold_meanshift=fold_meanshift,
+                            optimize=optimize, seed=seed)
     return export_to(resolved, out, options).record
+
+
+def optimize(model_path: str | Path, out: str | Path, *, pixel_shuffle: str = "keep",
+             fold_meanshift: bool = True, fuse_upsampler: bool = True,
+             input_range: int | None = None, seed: int = 0) -> dict:
+    """Optimize any ONNX SR graph (MeanShift folding, exact upsampler fusion, pixel-shuffle form),
+    verify it against the input graph at a small size, write it with its sidecar."""
+    from .costs import cost_totals, model_info
+    from .onnx_utils import output_shape
+    from .passes.optimize import OptimizeOptions, optimize_verified
+
+    original = load_model(model_path)
+    parent = read_sidecar(model_path) or {}
+    value_range = input_range or parent.get("input_range") or 1
+    options = OptimizeOptions(fold_meanshift=fold_meanshift, fuse_upsampler=fuse_upsampler,
+                              pixel_shuffle=pixel_shuffle)
+    model, passes, verification = optimize_verified(original, options, value_range=value_range,
+                                                    seed=seed)
+    fixed = all(isinstance(d, int) for d in input_shape(model))
+    before = cost_totals(model_info(original)) if fixed else None
+    record = {**{k: v for k, v in parent.items()
+                 if k not in ("artifact", "sha256", "created", "command", "versions")},
+              "kind": parent.get("kind", "onnx"),
+              "parent": {"path": str(model_path), "sha256": sha256_file(model_path)},
+              "optimize": {"passes": passes, "verification": verification},
+              "input_shape": input_shape(model), "output_shape": output_shape(model),
+              "costs": cost_totals(model_info(model)) if fixed else None,
+              "architecture": parent.get("architecture") or before}
+    return save_onnx(model, out, record)
 
 
 def rewrite(model_path: str | Path, out: str | Path, *, pixel_shuffle: str | None = None,
@@ -107,14 +138,17 @@ def check(model_path: str | Path, *, max_rank: int | None = None,
 
 
 def info(model_path: str | Path, *, shape: tuple[int, int] | None = None) -> dict:
-    """Params and conv MACs (total and per layer) at the graph's shape, with reference rows."""
-    from .costs import model_info, reference_rows
+    """Params and conv MACs (total and per layer) that the graph executes at its shape, and, for
+    an optimized graph, the architecture's own figures (from the sidecar), which are what the
+    reference table counts; with the matching reference rows."""
+    from .costs import architecture_costs, model_info, reference_rows
 
     result = model_info(load_model(model_path), shape)
     sidecar = read_sidecar(model_path) or {}
     result["source"] = sidecar.get("source")
     result["variant"] = sidecar.get("variant")
     same_shape = result["input_shape"] == [1, 3, *defaults.SHAPE]
+    result["architecture"] = architecture_costs(result, sidecar.get("architecture"))
     scale = (sidecar.get("config") or {}).get("scale")
     rows = reference_rows(sidecar.get("source"), sidecar.get("variant")) if same_shape else []
     result["reference"] = [r for r in rows if sidecar.get("source") and r["scale"] == str(scale)]

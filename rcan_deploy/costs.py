@@ -107,6 +107,25 @@ def model_info(model: onnx.ModelProto, shape: tuple[int, int] | None = None) -> 
     }
 
 
+def cost_totals(info: dict) -> dict:
+    """The totals of :func:`model_info` that sidecars record (no per-layer list)."""
+    return {key: info[key] for key in ("params", "macs", "macs_bias", "input_shape")}
+
+
+def architecture_costs(info: dict, recorded: dict | None) -> dict | None:
+    """The published network's params/MACs for the reference table: ``recorded`` (a sidecar's
+    ``architecture``, written before graph optimizations) with its reference-convention FLOPs,
+    when it is at the shape ``info`` (:func:`model_info`) was counted at and differs from it;
+    else None (the graph itself is the architecture)."""
+    if (not recorded or recorded.get("input_shape") != info["input_shape"]
+            or recorded.get("macs") == info["macs"]):
+        return None
+    return {**recorded,
+            "flops_g_reference": 2 * recorded["macs"] / REFERENCE_FLOPS_DIVISOR,
+            "flops_g_reference_with_bias": 2 * (recorded["macs"] + recorded["macs_bias"])
+            / REFERENCE_FLOPS_DIVISOR}
+
+
 def reference_rows(source: str | None = None, variant: str | None = None) -> list[dict]:
     """Rows of the reference table (``benchmarks/reference_table.csv``), optionally filtered."""
     text = resources.files("rcan_deploy").joinpath("reference_table.csv").read_text()

@@ -1,8 +1,9 @@
 """PyTorch -> fixed-shape ONNX without running the network at the deployment resolution.
 
-The network is traced once at a small size with symbolic H and W, simplified, rewritten by the
-requested graph passes and checked against PyTorch on ONNX Runtime at a small verification
-size. Only then is the input shape fixed (default 1x3x1080x1920) and the graph simplified once
+The network is traced once at a small size with symbolic H and W, simplified, optimized
+(:mod:`rcan_deploy.passes.optimize`: MeanShift folding and exact upsampler fusion, unless
+``optimize`` is off), rewritten into the requested pixel-shuffle form and checked against PyTorch
+on ONNX Runtime at a small verification size. Only then is the input shape fixed (default 1x3x1080x1920) and the graph simplified once
 more, which folds the shape arithmetic of the dynamic graph into constants. Cost is therefore
 that of a tiny trace, whatever the deployment shape.
 """
@@ -23,13 +24,12 @@ from torch import nn
 from . import defaults
 from .artifacts import save_onnx
 from .checkpoints import ResolvedModel
+from .costs import cost_totals, model_info
 from .errors import UserError, VerificationError
 from .onnx_utils import input_shape, max_abs_error, output_shape, run, simplify
 from .passes.check import graph_report
-from .passes.meanshift import fold_meanshift
-from .passes.pixel_shuffle import FORMS, rewrite_pixel_shuffle
+from .passes.optimize import PIXEL_SHUFFLE_CHOICES, OptimizeOptions, optimize_graph
 
-PIXEL_SHUFFLE_CHOICES = ("keep", *FORMS)
 INPUT_RANGES = ("native", "1", "255")
 
 
@@ -41,7 +41,8 @@ class ExportOptions:
     opset: int = defaults.OPSET
     pixel_shuffle: str = "keep"
     input_range: str = "native"
-    fold_meanshift: bool = False
+    fold_meanshift: bool = False  # also done by ``optimize``
+    optimize: bool = True  # rcan_deploy.passes.optimize: MeanShift folding, upsampler fusion
     verify_shape: tuple[int, int] = defaults.VERIFY_SHAPE
     # Largest accepted |ONNX Runtime - PyTorch| relative to the output range (255 or 1).
     tolerance: float = 1e-4
@@ -76,9 +77,6 @@ def graph_range(resolved: ResolvedModel, input_range: str) -> int:
 
 
 def _check_options(resolved: ResolvedModel, options: ExportOptions) -> None:
-    if options.pixel_shuffle not in PIXEL_SHUFFLE_CHOICES:
-        raise UserError(f"--pixel-shuffle {options.pixel_shuffle!r}: expected one of "
-                        f"{', '.join(PIXEL_SHUFFLE_CHOICES)}")
     if not 11 <= options.opset <= 21:
         raise UserError(f"--opset {options.opset}: expected 11..21 (DepthToSpace CRD needs 11)")
     stride = resolved.config.head_stride
@@ -120,12 +118,13 @@ def export_model(resolved: ResolvedModel, options: ExportOptions = ExportOptions
     if value_range != resolved.native_range:
         module = _RangeAdapter(module, resolved.native_range / value_range).eval()
     start = time.perf_counter()
-    dynamic = simplify(trace(module, options.opset, defaults.TRACE_SHAPE))
-    passes = {}
-    if options.pixel_shuffle != "keep":
-        dynamic, passes["pixel_shuffle"] = rewrite_pixel_shuffle(dynamic, options.pixel_shuffle)
-    if options.fold_meanshift:
-        dynamic, passes["fold_meanshift"] = fold_meanshift(dynamic)
+    plain = simplify(trace(module, options.opset, defaults.TRACE_SHAPE))
+    dynamic, passes = optimize_graph(plain, OptimizeOptions(
+        fold_meanshift=options.optimize or options.fold_meanshift,
+        fuse_upsampler=options.optimize, pixel_shuffle=options.pixel_shuffle))
+    changed = any(p["sites"] for p in passes)
+    if changed:
+        dynamic = simplify(dynamic)
     error = verify(dynamic, module, options.verify_shape, value_range, options.seed)
     tolerance = options.tolerance * value_range
     if not error <= tolerance:
@@ -138,6 +137,7 @@ def export_model(resolved: ResolvedModel, options: ExportOptions = ExportOptions
     if output_shape(fixed) != expected_out:
         raise RuntimeError(f"fixed graph output {output_shape(fixed)} != {expected_out}")
     report = graph_report(fixed)
+    costs = cost_totals(model_info(fixed))
     record = {
         "kind": "onnx-fp32",
         **resolved.describe(),
@@ -149,6 +149,9 @@ def export_model(resolved: ResolvedModel, options: ExportOptions = ExportOptions
         "verification": {"shape": [1, 3, *options.verify_shape], "max_abs_error": error,
                          "tolerance": tolerance, "against": "pytorch", "seed": options.seed},
         "graph": {"ops": report["ops"], "max_rank": report["max_rank"]},
+        "costs": costs,
+        # the network as published (no graph passes): what the reference table counts
+        "architecture": (cost_totals(model_info(plain, options.shape)) if changed else costs),
     }
     return ExportResult(fixed, dynamic, record)
 

@@ -73,7 +73,9 @@ def test_summary_means_and_deltas_match_the_image_rows(good):
     assert latency["shape"] == [1, 3, 64, 96] and len(latency["seconds"]) == 2
     assert latency["p90_s"] >= latency["median_s"] > 0
     assert latency["output_mpix_per_s"] == pytest.approx(128 * 192 / 1e6 / latency["median_s"])
-    assert result.costs["candidate"]["params"] == 63547  # the RCAN2 row's parameter count
+    costs = result.costs["candidate"]
+    assert costs["architecture"]["params"] == 63547  # the RCAN2 row's parameter count
+    assert costs["macs"] < costs["architecture"]["macs"]  # the optimized graph executes fewer
 
 
 def test_tiles_larger_images_pads_smaller_and_fits_equal(good, graphs, tmp_path):

@@ -72,11 +72,13 @@ def test_input_range_is_adapted_and_recorded():
 @pytest.mark.parametrize("form,max_rank", [("reshape", 6), ("reshape5d", 5), ("convtranspose", 4)])
 def test_pixel_shuffle_forms_and_meanshift_fold(form, max_rank):
     resolved = _resolved("official", RCANConfig(1, 1, 8, 4, 4))
-    keep = export_model(resolved, ExportOptions(shape=(16, 24)))
+    keep = export_model(resolved, ExportOptions(shape=(16, 24), optimize=False))
     rewritten = export_model(resolved, ExportOptions(shape=(16, 24), pixel_shuffle=form,
-                                                     fold_meanshift=True))
+                                                     fold_meanshift=True, optimize=False))
     assert "DepthToSpace" in _ops(keep.model) and "DepthToSpace" not in _ops(rewritten.model)
-    assert rewritten.record["export"]["passes"] == {"pixel_shuffle": 2, "fold_meanshift": 2}
+    assert rewritten.record["export"]["passes"] == [
+        {"name": "fold_meanshift", "sites": 2},
+        {"name": "pixel_shuffle", "form": form, "sites": 2}]
     assert rewritten.record["graph"]["max_rank"] <= max_rank
     assert "Shape" not in _ops(rewritten.model)  # shape arithmetic folded at the fixed shape
     x = np.random.default_rng(2).random((1, 3, 16, 24)).astype(np.float32) * 255
@@ -88,13 +90,23 @@ def test_pixel_shuffle_forms_and_meanshift_fold(form, max_rank):
     ("official", "rcan2-sr4k", 80.331, 63547, False),
     ("basicsr", "rcan-sr4k", 356.659, 297699, False),
 ])
-def test_reference_table_flops_and_params(tmp_path, source, variant, flops, params, with_bias):
+@pytest.mark.parametrize("optimize", [False, True])
+def test_reference_table_flops_and_params(tmp_path, source, variant, flops, params, with_bias,
+                                          optimize):
+    """The plain graph counts as the table does; an optimized one executes fewer MACs but reports
+    the same architecture figures (from its sidecar)."""
     out = tmp_path / f"{source}-{variant}.onnx"
-    api.export(out, source=source, variant=variant, random_weights=True)
+    api.export(out, source=source, variant=variant, random_weights=True, optimize=optimize)
     info = api.info(out)
-    assert info["input_shape"] == [1, 3, 1080, 1920] and info["params"] == params
-    macs = info["macs"] + (info["macs_bias"] if with_bias else 0)
+    counted = info["architecture"] if optimize else info
+    assert (info["architecture"] is not None) == optimize
+    assert info["input_shape"] == [1, 3, 1080, 1920] and counted["params"] == params
+    macs = counted["macs"] + (counted["macs_bias"] if with_bias else 0)
     assert round(2 * macs / 9e8, 3) == flops
+    key = "flops_g_reference_with_bias" if with_bias else "flops_g_reference"
+    assert round(counted[key], 3) == flops
+    if optimize:
+        assert info["macs"] < 0.7 * counted["macs"]
     rows = info["reference"]
     assert rows and all(float(r["flops_g"]) == flops and int(r["params"]) == params for r in rows)
 

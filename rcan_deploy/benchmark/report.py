@@ -81,9 +81,10 @@ def _table_rows(data: dict) -> list[dict]:
                    "role": role, "bias": bias}
             if role != "bicubic":
                 costs = data["costs"][role]
-                flops = costs["flops_g_reference_with_bias" if bias else "flops_g_reference"]
+                counted = costs.get("architecture") or costs  # what the reference counts
+                flops = counted["flops_g_reference_with_bias" if bias else "flops_g_reference"]
                 row.update(model=f"ours: {data[role]['label']}", source=source, flops_g=flops,
-                           gmacs=costs["gmacs"], params_m=costs["params"] / 1e6,
+                           gmacs=costs["gmacs"], params_m=counted["params"] / 1e6,
                            shape="x".join(str(d) for d in data[role]["graph_shape"][1:]),
                            precision=data[role]["precision"],
                            latency=f"{data['latency'][role]['median_s'] * 1e3:.1f} ms "
@@ -126,8 +127,10 @@ def _markdown(data: dict, table: list[dict], figures: list[str]) -> str:
     why = ("as in the matching reference rows" if _matching_rows(data["model"]) else
            "(no reference row matches this network, so all rows are shown)")
     lines += ["", f"FLOPs(G) = 2 x conv MACs / 9e8 at each graph's own input shape (the reference "
-              f"convention); for our rows conv bias adds are {bias}, {why}. GMACs = conv MACs / "
-              "1e9, bias not counted.", "", "## Summary", ""]
+              f"convention); for our rows conv bias adds are {bias}, {why}. FLOPs(G) and params "
+              "of our rows are those of the network as published (before graph optimizations, "
+              "from the sidecars); GMACs = conv MACs / 1e9 that the graph actually executes, "
+              "bias not counted.", "", "## Summary", ""]
     lines += _summary_table(data)
     lines += ["", "## Latency", "", "At the graph's fixed shape on a random input "
               "(median and 90th percentile of the timed runs after warm-up).", "",

@@ -342,8 +342,12 @@ def _latency(runner: Runner, subject: Subject, warmup: int, repeat: int) -> dict
 
 
 def _costs(subject: Subject) -> dict:
-    from ..costs import model_info
+    """What the graph executes, and the architecture's figures when an optimizer changed them."""
+    from ..costs import architecture_costs, model_info
 
-    return {"onnx": str(subject.onnx_path), **model_info(load_model(subject.onnx_path))}
+    info = model_info(load_model(subject.onnx_path))
+    recorded = chain_value(subject.chain, "architecture")
+    return {"onnx": str(subject.onnx_path), **info,
+            "architecture": architecture_costs(info, recorded)}
 
 

@@ -59,13 +59,17 @@ def cli() -> None:
               help="Value range of the graph's input/output: the source's own (official 255, "
                    "basicsr and rcan-pytorch 1) or forced.")
 @click.option("--fold-meanshift", is_flag=True,
-              help="Fold the official MeanShift 1x1 convs into their neighbours.")
+              help="Fold the official MeanShift 1x1 convs into their neighbours (part of the "
+                   "default optimization; useful with --no-optimize).")
+@click.option("--no-optimize", "optimize", flag_value=False, default=True,
+              help="Write the plain traced graph: no MeanShift folding, no upsampler fusion "
+                   "(see `rcan-deploy optimize`).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of random weights and of the verification input.")
 @click.option("--out", type=click.Path(dir_okay=False), default=defaults.FP32_ONNX,
               show_default=True, help="Output ONNX file (a .json sidecar is written next to it).")
 def export(out, shape, **kwargs) -> None:
-    """Export an RCAN checkpoint to a fixed-shape, verified ONNX graph."""
+    """Export an RCAN checkpoint to a fixed-shape, verified, optimized ONNX graph."""
     record = api.export(out, shape=shape, **kwargs)
     weights = record["weights"]
     if weights.get("shipped"):
@@ -75,9 +79,49 @@ def export(out, shape, **kwargs) -> None:
     click.echo(f"wrote {out}: {record['source']} {record['variant']} x{record['config']['scale']}, "
                f"input {record['input_shape']} -> output {record['output_shape']}, "
                f"range 0..{record['input_range']}")
+    _echo_optimized(record)
     click.echo(f"verified against PyTorch at {verification['shape']}: max abs error "
                f"{verification['max_abs_error']:.3g} (tolerance {verification['tolerance']:.3g}); "
                f"export took {record['export']['seconds']:.1f} s")
+
+
+def _echo_optimized(record: dict) -> None:
+    """One line on what the optimizer changed and the MACs it saved."""
+    passes = record.get("optimize", {}).get("passes") or record.get("export", {}).get("passes")
+    costs, architecture = record.get("costs"), record.get("architecture")
+    if not passes:
+        return
+    done = [f"{p['name']} x{p['sites'] if isinstance(p['sites'], int) else len(p['sites'])}"
+            for p in passes]
+    line = "optimized: " + ", ".join(done)
+    if costs and architecture and costs["macs"] != architecture["macs"]:
+        line += (f"; conv MACs {architecture['macs'] / 1e9:.1f} -> {costs['macs'] / 1e9:.1f} G "
+                 f"({costs['macs'] / architecture['macs']:.0%})")
+    click.echo(line)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--pixel-shuffle", type=click.Choice(["keep", *_PIXEL_SHUFFLE_FORMS]),
+              default="keep", show_default=True,
+              help="Form of the pixel shuffles after fusion (see `rewrite`).")
+@click.option("--no-fold-meanshift", "fold_meanshift", flag_value=False, default=True,
+              help="Leave MeanShift 1x1 convs as they are.")
+@click.option("--no-fuse", "fuse_upsampler", flag_value=False, default=True,
+              help="Do not fuse conv -> pixel shuffle -> conv tails.")
+@click.option("--input-range", type=click.Choice(["1", "255"]), default=None,
+              help="Input range for the verification input (default: from the sidecar, else 1).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Verification input seed.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output ONNX file.")
+def optimize(model, out, input_range, **kwargs) -> None:
+    """Fuse linear upsampler tails exactly and fold MeanShift layers, on any ONNX SR graph."""
+    record = api.optimize(model, out, input_range=int(input_range) if input_range else None,
+                          **kwargs)
+    verification = record["optimize"]["verification"]
+    click.echo(f"wrote {out}: input {record['input_shape']} -> output {record['output_shape']}")
+    _echo_optimized(record)
+    click.echo(f"verified against {model} at {verification['shape']}: max abs error "
+               f"{verification['max_abs_error']:.3g} (tolerance {verification['tolerance']:.3g})")
 
 
 @cli.command()
@@ -138,12 +182,19 @@ def info(model, as_json, shape) -> None:
                f"{result['macs_bias']:,}")
     click.echo(f"FLOPs(G), reference convention 2*MACs/9e8: {result['flops_g_reference']:.3f} "
                f"(bias not counted), {result['flops_g_reference_with_bias']:.3f} (bias counted)")
+    counted = result
+    if result["architecture"]:
+        counted = arch = result["architecture"]
+        click.echo(f"architecture before optimization (sidecar): params {arch['params']:,}, conv "
+                   f"MACs {arch['macs'] / 1e9:.3f} G, FLOPs(G) {arch['flops_g_reference']:.3f} "
+                   f"(bias not counted), {arch['flops_g_reference_with_bias']:.3f} (bias counted); "
+                   f"this graph executes {result['macs'] / arch['macs']:.0%} of its MACs")
     for row in result["reference"]:
-        counted = (result["flops_g_reference_with_bias"] if row["flops_counts_bias"] == "true"
-                   else result["flops_g_reference"])
+        with_bias = row["flops_counts_bias"] == "true"
+        flops = counted["flops_g_reference_with_bias" if with_bias else "flops_g_reference"]
         click.echo(f"reference table: {row['model']} ({row['source']}, {row['precision']}) "
-                   f"FLOPs(G) {row['flops_g']} params {int(row['params']):,}; ours {counted:.3f} / "
-                   f"{result['params']:,} ({'bias counted' if row['flops_counts_bias'] == 'true' else 'bias not counted'})")
+                   f"FLOPs(G) {row['flops_g']} params {int(row['params']):,}; ours {flops:.3f} / "
+                   f"{counted['params']:,} ({'bias counted' if with_bias else 'bias not counted'})")
 
 
 @cli.command()

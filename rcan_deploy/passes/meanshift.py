@@ -6,29 +6,18 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import export_rewritten
+from . import constant_behind, export_rewritten, sole_consumer
 
 # The forward fold inverts the 1x1 weight; it is skipped above this condition number.
 _MAX_CONDITION = 1e6
-
-
-def _constant(tensor: gs.Tensor | None) -> gs.Constant | None:
-    """The constant behind ``tensor``: itself, or the input of an Identity (torch's export
-    routes weights equal to an earlier one, as sub_mean/add_mean are, through an Identity)."""
-    if isinstance(tensor, gs.Constant):
-        return tensor
-    producer = tensor.inputs[0] if tensor is not None and tensor.inputs else None
-    if producer is not None and producer.op == "Identity":
-        return producer.inputs[0] if isinstance(producer.inputs[0], gs.Constant) else None
-    return None
 
 
 def _conv_params(node: gs.Node) -> tuple[np.ndarray, np.ndarray | None] | None:
     """(weight, bias or None) of a group-1 2-D Conv with constant parameters, else None."""
     if node.op != "Conv" or node.attrs.get("group", 1) != 1:
         return None
-    weight = _constant(node.inputs[1])
-    bias = _constant(node.inputs[2]) if len(node.inputs) > 2 else None
+    weight = constant_behind(node.inputs[1])
+    bias = constant_behind(node.inputs[2]) if len(node.inputs) > 2 else None
     if weight is None or weight.values.ndim != 4 or (len(node.inputs) > 2 and bias is None):
         return None
     return weight.values, bias.values if bias is not None else None
@@ -50,18 +39,12 @@ def _meanshift_params(node: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
     return weight[:, :, 0, 0].astype(np.float64), bias.astype(np.float64)
 
 
-def _sole_consumer(tensor: gs.Tensor, graph: gs.Graph) -> gs.Node | None:
-    if len(tensor.outputs) != 1 or tensor in graph.outputs:
-        return None
-    return tensor.outputs[0]
-
-
 def _fold_backward(graph: gs.Graph, shift: gs.Node, w_s: np.ndarray, b_s: np.ndarray) -> bool:
     """Merge ``shift`` into the Conv P producing its input: W' = W_s W_P, b' = W_s b_P + b_s."""
     x = shift.inputs[0]
     producer = x.inputs[0] if x.inputs else None
     params = _conv_params(producer) if producer is not None else None
-    if params is None or _sole_consumer(x, graph) is not shift:
+    if params is None or sole_consumer(x, graph) is not shift:
         return False
     weight_p, bias_p = params
     bias_p = np.zeros(weight_p.shape[0]) if bias_p is None else bias_p
@@ -86,7 +69,7 @@ def _fold_forward(graph: gs.Graph, shift: gs.Node, w_s: np.ndarray, b_s: np.ndar
     The offset stays an Add before Q, so Q's zero padding still sees zeros at the image border.
     """
     shifted = shift.outputs[0]
-    consumer = _sole_consumer(shifted, graph)
+    consumer = sole_consumer(shifted, graph)
     params = _conv_params(consumer) if consumer is not None else None
     if params is None or consumer.inputs[0] is not shifted or np.linalg.cond(w_s) >= _MAX_CONDITION:
         return False
@@ -95,7 +78,7 @@ def _fold_forward(graph: gs.Graph, shift: gs.Node, w_s: np.ndarray, b_s: np.ndar
     consumer.inputs[1] = gs.Constant(
         f"{consumer.inputs[1].name}_meanshift_folded", weight.astype(weight_q.dtype)
     )
-    dtype = _constant(shift.inputs[1]).dtype
+    dtype = constant_behind(shift.inputs[1]).dtype
     offset = np.linalg.solve(w_s, b_s).reshape(1, -1, 1, 1).astype(dtype)
     offset_input = gs.Constant(f"{shift.inputs[1].name}_offset", offset)
     shift.outputs.clear()

@@ -23,7 +23,7 @@ _N, _H, _W = (0, 1), (2, 1), (3, 1)
 
 
 @dataclass
-class _Site:
+class ShuffleSite:
     x: gs.Tensor  # input (N, C*r*r, H, W)
     y: gs.Tensor  # output (N, C, H*r, W*r); the rewrite keeps this tensor and its name
     r: int | None  # None when it cannot be determined
@@ -37,7 +37,7 @@ class _Site:
         return self.nodes[0].op == "Reshape"
 
 
-class _Builder:
+class NodeBuilder:
     """Appends nodes and constants to ``graph`` under unique names derived from ``base``."""
 
     def __init__(self, graph: gs.Graph, base: str):
@@ -86,7 +86,7 @@ def _sole_consumer(tensor: gs.Tensor, graph: gs.Graph, op_type: str) -> gs.Node 
     return node if node.op == op_type and node.inputs[0] is tensor else None
 
 
-def _traced_site(split: gs.Node, graph: gs.Graph) -> _Site | None:
+def _traced_site(split: gs.Node, graph: gs.Graph) -> ShuffleSite | None:
     """Site for Reshape(4-D -> 6-D) -> Transpose -> Reshape(-> 4-D), else None."""
     x = split.inputs[0]
     dims6 = _reshape_dims(split)
@@ -105,18 +105,18 @@ def _traced_site(split: gs.Node, graph: gs.Graph) -> _Site | None:
     if dims4[1] not in (None, c):
         return None
     r = r_a if r_a == r_b else None
-    return _Site(x, merge.outputs[0], r, c, mode, [split, transpose, merge])
+    return ShuffleSite(x, merge.outputs[0], r, c, mode, [split, transpose, merge])
 
 
-def _find_sites(graph: gs.Graph) -> list[_Site]:
-    """All pixel-shuffle sites; those with unknown block size or channels are skipped, warning."""
+def find_sites(graph: gs.Graph) -> list[ShuffleSite]:
+    """All pixel-shuffle sites (DepthToSpace, traced 6-D reshape); those with unknown block size or channels are skipped, warning."""
     sites = []
     for node in graph.nodes:
         if node.op == "DepthToSpace":
             x, r, mode = node.inputs[0], node.attrs["blocksize"], node.attrs.get("mode", "DCR")
             channels = _static_dim(x, 1)
             c = channels // (r * r) if channels is not None else None
-            site = _Site(x, node.outputs[0], r, c, mode, [node])
+            site = ShuffleSite(x, node.outputs[0], r, c, mode, [node])
         elif node.op == "Reshape":
             site = _traced_site(node, graph)
         else:
@@ -132,7 +132,7 @@ def _find_sites(graph: gs.Graph) -> list[_Site]:
     return sites
 
 
-def _shape(b: _Builder, x: gs.Tensor, dims: list) -> gs.Tensor:
+def _shape(b: NodeBuilder, x: gs.Tensor, dims: list) -> gs.Tensor:
     """int64 shape for a Reshape from ints and (axis of x, factor) pairs.
 
     A constant when the referenced dims of x are static, else computed from Shape(x) at run time.
@@ -159,7 +159,7 @@ def _shape(b: _Builder, x: gs.Tensor, dims: list) -> gs.Tensor:
     return b.op("Concat", parts, {"axis": 0})
 
 
-def _crd_channels(b: _Builder, site: _Site) -> gs.Tensor:
+def _crd_channels(b: NodeBuilder, site: ShuffleSite) -> gs.Tensor:
     """X with channels in CRD order: a channel Gather for DCR sites, X itself for CRD."""
     if site.mode == "CRD":
         return site.x
@@ -168,7 +168,7 @@ def _crd_channels(b: _Builder, site: _Site) -> gs.Tensor:
     return b.op("Gather", [site.x, b.const("crd_order", order)], {"axis": 1})
 
 
-def _emit_reshape(b: _Builder, site: _Site) -> None:
+def _emit_reshape(b: NodeBuilder, site: ShuffleSite) -> None:
     x, r, c = site.x, site.r, site.c
     dims6 = [_N, c, r, r, _H, _W] if site.mode == "CRD" else [_N, r, r, c, _H, _W]
     t = b.op("Reshape", [x, _shape(b, x, dims6)])
@@ -176,7 +176,7 @@ def _emit_reshape(b: _Builder, site: _Site) -> None:
     b.op("Reshape", [t, _shape(b, x, [_N, c, (2, r), (3, r)])], output=site.y)
 
 
-def _emit_reshape5d(b: _Builder, site: _Site) -> None:
+def _emit_reshape5d(b: NodeBuilder, site: ShuffleSite) -> None:
     x, r, c = site.x, site.r, site.c
     t = b.op("Reshape", [_crd_channels(b, site), _shape(b, x, [_N, c * r, r, _H, _W])])
     t = b.op("Transpose", [t], {"perm": [0, 1, 3, 4, 2]})
@@ -186,7 +186,7 @@ def _emit_reshape5d(b: _Builder, site: _Site) -> None:
     b.op("Reshape", [t, _shape(b, x, [_N, c, (2, r), (3, r)])], output=site.y)
 
 
-def _emit_convtranspose(b: _Builder, site: _Site) -> None:
+def _emit_convtranspose(b: NodeBuilder, site: ShuffleSite) -> None:
     r, c = site.r, site.c
     dtype = site.x.dtype if site.x.dtype in (np.float16, np.float64) else np.float32
     one_hot = np.eye(r * r, dtype=dtype).reshape(r * r, 1, r, r)  # [i*r + j, 0, i, j] = 1
@@ -215,11 +215,27 @@ def rewrite_pixel_shuffle(model: onnx.ModelProto, form: str) -> tuple[onnx.Model
     if form != "convtranspose" and graph.opset < 5:
         raise UserError(f"pixel-shuffle form '{form}' needs opset >= 5, model has {graph.opset}")
     count = 0
-    for site in _find_sites(graph):
+    for site in find_sites(graph):
         if form == "reshape" and site.traced:
             continue
         for node in site.nodes:
             node.outputs.clear()
-        _EMITTERS[form](_Builder(graph, site.nodes[0].name or site.y.name), site)
+        _EMITTERS[form](NodeBuilder(graph, site.nodes[0].name or site.y.name), site)
+        count += 1
+    return export_rewritten(graph, model, count)
+
+
+def native_pixel_shuffle(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Replace traced Reshape/Transpose/Reshape pixel shuffles by DepthToSpace (their mode), so
+    the graph no longer holds shape constants of one input size; return (model, count)."""
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model, data_prop=True))
+    count = 0
+    for site in find_sites(graph):
+        if not site.traced:
+            continue
+        for node in site.nodes:
+            node.outputs.clear()
+        b = NodeBuilder(graph, site.nodes[0].name or site.y.name)
+        b.op("DepthToSpace", [site.x], {"blocksize": site.r, "mode": site.mode}, output=site.y)
         count += 1
     return export_rewritten(graph, model, count)

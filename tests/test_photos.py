@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import shutil
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -18,7 +19,7 @@ from rcan_deploy.data import datasets, fetch_photos, get_dataset, imresize, mod_
 from rcan_deploy.data import fetch as fetch_module
 from rcan_deploy.data.datasets import (SPLIT_ROLES, default_set_name, samples_folder,
                                        set_definitions, split_for)
-from rcan_deploy.data.debian import MIRROR_ENV, mirror_bases, package_urls, read_members
+from rcan_deploy.data.debian import MIRROR_ENV, archive_roots, mirror_bases, read_members
 from rcan_deploy.data.io import to_uint8, write_image
 from rcan_deploy.errors import UserError
 
@@ -179,7 +180,7 @@ def _fetch(server, data_root, definition, **kwargs):
 def test_fetch_installs_checked_photos_that_get_dataset_splits(server, tiny, use_tiny, tmp_path):
     data_root = tmp_path / "data"
     folder = _fetch(server, data_root, tiny["definition"])
-    assert folder == data_root / "photos"
+    assert folder == data_root / "photos" and stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert _entries(data_root) == ["photos", "photos/a1.png", "photos/a2.png", "photos/b1.png",
                                    "photos/b2.png", "photos/manifest.json"]  # packages deleted
     for name, data in tiny["images"].items():
@@ -280,46 +281,40 @@ def test_package_missing_a_listed_file_is_a_user_error(server, tiny, tmp_path):
 
 # ---- where packages come from ---------------------------------------------------------------
 
-def _fake_apt(folder: Path, print_uri: str, roots: list[str]) -> None:
-    """An ``apt-get`` on PATH that answers --print-uris and indextargets like apt does."""
+def _fake_apt(folder: Path, roots: list[str]) -> None:
+    """An ``apt-get`` on PATH that answers ``indextargets`` as apt does for these roots."""
     folder.mkdir(exist_ok=True)
     targets = "\\n".join(f"URI: {root}/dists/bookworm/main/binary-amd64/Packages" for root in roots)
     script = folder / "apt-get"
-    script.write_text("#!/bin/sh\n"
-                      f'if [ "$1" = download ]; then echo "\'{print_uri}\' x.deb 1 SHA256:00"; fi\n'
-                      f'if [ "$1" = indextargets ]; then printf "{targets}\\n"; fi\n')
+    script.write_text(f'#!/bin/sh\nif [ "$1" = indextargets ]; then printf "{targets}\\n"; fi\n')
     script.chmod(0o755)
 
 
-def test_package_urls_ask_apt_unless_a_mirror_is_given(tmp_path, monkeypatch):
-    filename = "pool/main/p/pkg-a/pkg-a_1.0-1_all.deb"
-    _fake_apt(tmp_path / "bin", f"http://127.0.0.1:9/debian/{filename}",
-              ["http://127.0.0.1:9/debian", "http://127.0.0.1:9/other"])
+def test_archive_roots_come_from_apt_unless_a_mirror_is_given(tmp_path, monkeypatch):
+    _fake_apt(tmp_path / "bin", ["http://127.0.0.1:9/debian", "http://127.0.0.1:9/debian",
+                                 "http://127.0.0.1:9/other"])
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    assert package_urls("pkg-a", "1.0-1", filename) == [
-        f"http://127.0.0.1:9/debian/{filename}", f"http://127.0.0.1:9/other/{filename}"]
-    assert package_urls("pkg-a", "1.0-1", filename, mirror="http://127.0.0.1:8/d/") == [
-        f"http://127.0.0.1:8/d/{filename}"]
+    assert archive_roots() == ["http://127.0.0.1:9/debian", "http://127.0.0.1:9/other"]
+    assert archive_roots("http://127.0.0.1:8/d/") == ["http://127.0.0.1:8/d"]
     monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:7/e")
-    assert package_urls("pkg-a", "1.0-1", filename) == [f"http://127.0.0.1:7/e/{filename}"]
+    assert archive_roots() == ["http://127.0.0.1:7/e"]
 
     monkeypatch.delenv(MIRROR_ENV)
     monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     with pytest.raises(UserError, match=f"pass --mirror URL or set {MIRROR_ENV}"):
-        package_urls("pkg-a", "1.0-1", filename)
-    assert mirror_bases("URI: http://h/x/dists/a/main/Packages\nURI: http://h/x/dists/b/c\n"
-                        "Suite: a\n") == ["http://h/x"]
+        archive_roots()
+    assert mirror_bases("URI: http://h/x/dists/a/main/Packages\nSuite: a\n") == ["http://h/x"]
 
 
 def test_fetch_tries_the_next_mirror_after_a_404(server, tiny, tmp_path, monkeypatch):
     filename = tiny["definition"]["packages"]["pkg-a"]["filename"]
-    _fake_apt(tmp_path / "bin", f"{server['url']}gone/{filename}", [server["url"] + "debian"])
+    _fake_apt(tmp_path / "bin", [server["url"] + "gone", server["url"] + "debian"])
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     fetch_photos(tmp_path / "data", progress=False, definition=tiny["definition"])
     assert server["paths"][:2] == [f"/gone/{filename}", f"/debian/{filename}"]
     assert (tmp_path / "data" / "photos" / "a1.png").is_file()
 
-    _fake_apt(tmp_path / "bin", f"{server['url']}gone/{filename}", [server["url"] + "gone"])
+    _fake_apt(tmp_path / "bin", [server["url"] + "gone"])
     with pytest.raises(UserError, match="not found on the Debian mirror tried"):
         fetch_photos(tmp_path / "other", progress=False, definition=tiny["definition"])
 

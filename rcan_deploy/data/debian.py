@@ -44,30 +44,21 @@ def _apt_get(*args: str) -> str:
     return done.stdout if done.returncode == 0 else ""
 
 
-def package_urls(package: str, version: str, filename: str, mirror: str | None = None) -> list[str]:
-    """Where to download ``package`` ``version`` (``filename``: its path in the archive, pool/...).
+def archive_roots(mirror: str | None = None) -> list[str]:
+    """Debian archive roots to download from (a package is ``<root>/<its pool/ path>``).
 
-    ``mirror`` (else ``$RCAN_DEPLOY_DEBIAN_MIRROR``) alone when set; otherwise the URI that
-    ``apt-get download --print-uris`` gives, then ``filename`` under every archive root of apt's
-    sources (a mirror keeps a package after apt's lists moved to a newer version).
+    ``mirror`` (else ``$RCAN_DEPLOY_DEBIAN_MIRROR``) alone when set; otherwise the roots of apt's
+    sources, which also serve packages that apt's lists no longer name while the mirror keeps them.
     """
     base = mirror or os.environ.get(MIRROR_ENV)
     if base:
-        return [base.rstrip("/") + "/" + filename]
-    urls: list[str] = []
-    for line in _apt_get("download", "--print-uris", f"{package}={version}").splitlines():
-        uri = line.split(" ", 1)[0].strip("'")
-        if uri.endswith("/" + filename):
-            urls.append(uri)
-    for root in mirror_bases(_apt_get("indextargets", "--format", "URI: $(URI)")):
-        url = root + "/" + filename
-        if url not in urls:
-            urls.append(url)
-    if not urls:
-        raise UserError(f"{package}: no Debian mirror known (apt is not available or has no "
-                        f"sources); pass --mirror URL or set {MIRROR_ENV} to a Debian archive "
-                        "root (the folder that holds pool/)")
-    return urls
+        return [base.rstrip("/")]
+    roots = mirror_bases(_apt_get("indextargets", "--format", "URI: $(URI)"))
+    if not roots:
+        raise UserError(f"no Debian mirror known (apt is not available or has no sources); pass "
+                        f"--mirror URL or set {MIRROR_ENV} to a Debian archive root (the folder "
+                        "that holds pool/)")
+    return roots
 
 
 class _Window(io.RawIOBase):

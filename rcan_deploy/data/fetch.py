@@ -7,7 +7,7 @@ interrupted (the ``.part`` file is kept for that); a wrong size or checksum dele
 - DIV2K (``archives`` of each DIV2K set): each archive is extracted into a temporary folder inside
   the data root and its top folder renamed into ``<data root>/DIV2K/``, so ``DIV2K/`` only ever
   holds complete folders.
-- ``photos`` (``packages``): the Debian packages are downloaded (see ``debian.package_urls`` for
+- ``photos`` (``packages``): the Debian packages are downloaded (see ``debian.archive_roots`` for
   where from), the listed files copied out of them into a temporary folder and checked, and the
   folder renamed to ``<data root>/photos``.
 
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from .datasets import (DIV2K_SETS, SPLIT_ROLES, default_data_root, missing_photos,
                        set_definitions)
-from .debian import package_urls, read_members
+from .debian import archive_roots, read_members
 
 DIV2K_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
 _CHUNK = 1 << 20
@@ -199,23 +199,19 @@ def _data_root(data_root: str | Path | None) -> Path:
     return root
 
 
-def _fetch_package(name: str, entry: dict, data_root: Path, mirror: str | None, progress: bool,
-                   attempts: int) -> Path:
-    """The verified package file ``<data root>/<file name>``, downloaded unless it is there."""
+def _fetch_package(entry: dict, target: Path, roots: list[str], progress: bool,
+                   attempts: int) -> None:
+    """Download one package to ``target`` from the first archive root that has it."""
     size, sha256 = int(entry["size"]), str(entry["sha256"])
-    target = data_root / Path(entry["filename"]).name
-    if target.is_file() and target.stat().st_size == size and _sha256(target) == sha256:
-        return target
-    urls = package_urls(name, str(entry["version"]), entry["filename"], mirror)
-    for url in urls:
+    for root in roots:
         try:
-            _download(url, target, size, sha256, progress, attempts)
-            return target
+            _download(f"{root}/{entry['filename']}", target, size, sha256, progress, attempts)
+            return
         except _NotFound:
             continue
-    raise UserError(f"{target.name}: not found on the Debian mirror{'s' if len(urls) > 1 else ''} "
-                    f"tried ({urls[0].rsplit('/pool/', 1)[0]}); pass --mirror URL of an archive "
-                    "that still holds it (Debian keeps old releases on its archive server)")
+    raise UserError(f"{target.name}: not found on the Debian mirror{'s' if len(roots) > 1 else ''} "
+                    f"tried ({roots[0]}); pass --mirror URL of an archive that still holds it "
+                    "(Debian keeps old releases on its archive server)")
 
 
 def _replace_folder(staging: Path, target: Path) -> None:
@@ -259,10 +255,17 @@ def fetch_photos(data_root: str | Path | None = None, mirror: str | None = None,
     if free < needed:
         raise UserError(f"{data_root}: the photos set needs about {needed / 1e6:.0f} MB free, "
                         f"only {free / 1e6:.0f} MB left")
-    debs = {name: _fetch_package(name, entry, data_root, mirror, progress, attempts)
-            for name, entry in entries.items()}
+    debs: dict[str, Path] = {}
+    roots: list[str] = []
+    for name, entry in entries.items():
+        debs[name] = data_root / Path(entry["filename"]).name
+        if not (debs[name].is_file() and debs[name].stat().st_size == int(entry["size"])
+                and _sha256(debs[name]) == entry["sha256"]):
+            roots = roots or archive_roots(mirror)
+            _fetch_package(entry, debs[name], roots, progress, attempts)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=data_root))
     try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the installed set is an ordinary folder
         for package, deb in debs.items():
             wanted = {info["path"]: staging / name for name, info in files.items()
                       if info["package"] == package}

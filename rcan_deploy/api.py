@@ -166,17 +166,18 @@ def _graph_input_range(sidecar: dict, override: int | None, model_path) -> int:
 
 
 def _heldout_crops(calib: str, scale: int, data_root, crop_size: int, seed: int, count: int):
-    """LR/HR crop pairs not used for calibration: the held-out split of ``samples``, else other
-    crop positions (seed + 1) of the same set."""
+    """LR/HR crop pairs not used for calibration: the held-out split of a set that has one
+    (``samples``, ``photos``), else other crop positions (seed + 1) of the same set."""
     import numpy as np
 
     from .data.crops import calibration_crops
-    from .data.datasets import get_dataset
+    from .data.datasets import get_dataset, split_for
     from .data.io import to_uint8
     from .quant.sensitivity import EvalCrops
 
-    if calib == "samples":
-        dataset, crop_seed = get_dataset("samples", scale, split="heldout"), seed
+    heldout = split_for(calib, "heldout")
+    if heldout is not None:
+        dataset, crop_seed = get_dataset(calib, scale, data_root, split=heldout), seed
     else:
         dataset, crop_seed = get_dataset(calib, scale, data_root), seed + 1
     crops = calibration_crops(dataset, count, crop_size, crop_seed)
@@ -204,7 +205,7 @@ def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defa
     ``max_drop`` keeps the most sensitive layers in higher precision until the drop fits.
     """
     from .data.crops import calibration_crops
-    from .data.datasets import default_set_name, get_dataset
+    from .data.datasets import default_set_name, get_dataset, split_for
     from .quant.graph import (activation_scales, dynamic_copy, has_global_pooling,
                               weight_scale_ranges)
     from .quant.ptq import QuantizeOptions, quantize_model
@@ -217,7 +218,7 @@ def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defa
     if max_drop is not None and max_drop < 0:
         raise UserError(f"--max-drop {max_drop}: expected a non-negative number of dB")
     calib = calib or default_set_name(scale, data_root)
-    split = "train" if calib == "samples" else None
+    split = split_for(calib, "calibration")
     dataset = get_dataset(calib, scale, data_root, split=split)
     crops = calibration_crops(dataset, calib_crops, crop_size, seed, progress=progress)
     options = QuantizeOptions(method=method, target=target, high_precision=high_precision,
@@ -284,10 +285,20 @@ def upscale(model_path: str | Path, images: list[str | Path], out_dir: str | Pat
 
 
 def fetch(name: str, data_root: str | Path | None = None, *, lr_scales: tuple[int, ...] = (),
-          progress: bool = True) -> Path:
-    """Download, verify (size, sha256) and unpack a DIV2K set under ``data_root``."""
-    from .data.fetch import fetch_div2k
+          mirror: str | None = None, progress: bool = True) -> Path:
+    """Download, verify (size, sha256) and install a DIV2K set or ``photos`` under ``data_root``.
 
+    ``lr_scales`` applies to DIV2K, ``mirror`` (a Debian archive root) to ``photos``.
+    """
+    from .data.fetch import fetch_div2k, fetch_photos
+
+    if name == "photos":
+        if lr_scales:
+            raise UserError("--lr-scale applies to the DIV2K sets only (photos has HR images; "
+                            "LR images are made with MATLAB bicubic)")
+        return fetch_photos(data_root, mirror, progress=progress)
+    if mirror is not None:
+        raise UserError("--mirror applies to the photos set only (a Debian archive root)")
     return fetch_div2k(name, data_root, progress=progress, lr_scales=tuple(lr_scales))
 
 

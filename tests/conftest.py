@@ -1,8 +1,12 @@
+import http.server
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
@@ -12,3 +16,49 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onn
 _SESSION_DIR = tempfile.mkdtemp(prefix="rcan-deploy-tests-")
 os.environ["RCAN_DEPLOY_CACHE"] = os.path.join(_SESSION_DIR, "cache")
 os.environ["RCAN_DEPLOY_DATA"] = os.path.join(_SESSION_DIR, "no-data")
+
+
+@pytest.fixture
+def server(archives):
+    """Serves the ``archives`` fixture of the test module (URL path -> bytes) on 127.0.0.1, with
+    Range support; ``state["drop"]`` responses stop half-way."""
+    state = {"drop": 0, "ranges": [], "paths": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            state["paths"].append(self.path)
+            data = archives.get(self.path.lstrip("/"))
+            if data is None:
+                self.send_error(404)
+                return
+            start = 0
+            requested = self.headers.get("Range")
+            state["ranges"].append(requested)
+            if requested:
+                start = int(requested.split("=")[1].split("-")[0])
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            body = data[start:]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if state["drop"]:
+                state["drop"] -= 1
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)

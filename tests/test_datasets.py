@@ -194,10 +194,10 @@ def test_samples_split_matches_sets_yaml():
         assert np.ptp(img.astype(int)[..., 0] - img[..., 2]) > 0  # colour, not gray
 
 
-def test_split_only_for_samples_and_scale_is_checked(tmp_path):
-    with pytest.raises(UserError, match="only for the 'samples' set"):
+def test_split_only_for_sets_that_have_one_and_scale_is_checked(tmp_path):
+    with pytest.raises(UserError, match="only for the 'samples' and 'photos' sets"):
         get_dataset("div2k_valid", split="train")
-    with pytest.raises(UserError, match="split must be one of"):
+    with pytest.raises(UserError, match="split must be one of train, heldout for 'samples'"):
         get_dataset("samples", split="test")
     with pytest.raises(UserError, match="scale must be an integer"):
         get_dataset("samples", scale=1)

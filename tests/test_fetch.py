@@ -1,9 +1,7 @@
 """DIV2K fetch against a local HTTP server (127.0.0.1 only): checksums, resume, atomic extraction."""
 
 import hashlib
-import http.server
 import io
-import threading
 import zipfile
 
 import numpy as np
@@ -44,50 +42,6 @@ def archives(tmp_path):
 def _checksums(archives):
     return {name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             for name, data in archives.items()}
-
-
-@pytest.fixture
-def server(archives):
-    """Serves ``archives`` with Range support; ``state["drop"]`` responses stop half-way."""
-    state = {"drop": 0, "ranges": []}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            data = archives.get(self.path.lstrip("/"))
-            if data is None:
-                self.send_error(404)
-                return
-            start = 0
-            requested = self.headers.get("Range")
-            state["ranges"].append(requested)
-            if requested:
-                start = int(requested.split("=")[1].split("-")[0])
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            else:
-                self.send_response(200)
-            body = data[start:]
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if state["drop"]:
-                state["drop"] -= 1
-                self.wfile.write(body[: len(body) // 2])
-                self.close_connection = True
-                return
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    state["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
 
 
 @pytest.fixture(autouse=True)

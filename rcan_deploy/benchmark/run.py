@@ -22,7 +22,7 @@ import numpy as np
 from ..artifacts import command_line, read_sidecar, sidecar_path, tool_versions
 from ..backends import Runner, get_runner
 from ..data import get_dataset, imresize, to_uint8
-from ..data.datasets import default_set_name
+from ..data.datasets import default_set_name, split_for
 from ..errors import UserError
 from ..metrics import PROTOCOLS, evaluate
 from ..onnx_utils import input_shape, load_model
@@ -241,7 +241,7 @@ def _reference(candidate: Subject, reference: str | Path | None
 def _dataset(name: str | None, scale: int, data_root):
     """The data set and a line saying how it was chosen."""
     if name is not None:
-        split = "heldout" if name == "samples" else None
+        split = split_for(name, "heldout")
         data = get_dataset(name, scale, data_root, split=split)
         return data, f"--dataset {name}" + (" (held-out split)" if split else "")
     if default_set_name(scale, data_root) == "div2k_valid":

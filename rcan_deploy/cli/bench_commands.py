@@ -26,8 +26,8 @@ from ..errors import GateFailure
               help="Reference to compare with. Default: the FP32 graph found through the "
                    "sidecars; none for an FP32 candidate.")
 @click.option("--dataset", default=None, metavar="NAME|DIR",
-              help="div2k_valid, samples (held-out split) or a folder of images. Default: "
-                   "div2k_valid when present, else samples.")
+              help="div2k_valid, samples or photos (their held-out split) or a folder of "
+                   "images. Default: div2k_valid when present, else samples.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder holding DIV2K/ (default $RCAN_DEPLOY_DATA, else "
                    "~/.cache/rcan_deploy/data).")

@@ -227,8 +227,9 @@ def variants() -> None:
 @click.argument("model", type=click.Path(dir_okay=False), default=defaults.FP32_ONNX,
                 required=False)
 @click.option("--calib", default=None, metavar="NAME|DIR",
-              help="Calibration set: div2k_valid, div2k_train, samples, or a folder of images. "
-                   "Default: div2k_valid when present, else samples (training split).")
+              help="Calibration set: div2k_valid, div2k_train, samples (train split), photos "
+                   "(calib split), or a folder of images. Default: div2k_valid when present, "
+                   "else samples.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder holding DIV2K/ (default $RCAN_DEPLOY_DATA, else ~/.cache/rcan_deploy/data).")
 @click.option("--method", type=click.Choice(["max", "entropy", "percentile"]), default="max",
@@ -303,14 +304,19 @@ def data() -> None:
 
 
 @data.command("fetch")
-@click.argument("name", type=click.Choice(["div2k_valid", "div2k_train"]))
+@click.argument("name", type=click.Choice(["div2k_valid", "div2k_train", "photos"]))
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="Where DIV2K/ goes (default $RCAN_DEPLOY_DATA, else ~/.cache/rcan_deploy/data).")
+              help="Where DIV2K/ or photos/ goes (default $RCAN_DEPLOY_DATA, else "
+                   "~/.cache/rcan_deploy/data).")
 @click.option("--lr-scale", "lr_scales", type=click.Choice(["2", "3", "4"]), multiple=True,
-              help="Also fetch the official bicubic LR archive for this scale (repeatable).")
-def data_fetch(name, data_root, lr_scales) -> None:
-    """Download the official DIV2K archives (resumable, sha256-checked) and unpack them."""
-    root = api.fetch(name, data_root, lr_scales=tuple(int(s) for s in lr_scales))
+              help="DIV2K: also fetch the official bicubic LR archive for this scale (repeatable).")
+@click.option("--mirror", default=None, metavar="URL",
+              help="photos: Debian archive root that holds pool/ (default "
+                   "$RCAN_DEPLOY_DEBIAN_MIRROR, else the mirror apt uses).")
+def data_fetch(name, data_root, lr_scales, mirror) -> None:
+    """Download a set (resumable, size- and sha256-checked) and install it under the data root:
+    the official DIV2K archives, or the photos set from the Debian packages that ship it."""
+    root = api.fetch(name, data_root, lr_scales=tuple(int(s) for s in lr_scales), mirror=mirror)
     click.echo(f"{name} ready under {root}")
 
 

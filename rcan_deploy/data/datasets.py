@@ -1,12 +1,14 @@
 """Image-pair sets for SR evaluation and calibration.
 
-``get_dataset`` knows three named sets, defined in ``calibration/sets.yaml``:
+``get_dataset`` knows four named sets, defined in ``calibration/sets.yaml``:
 
 - ``div2k_valid`` / ``div2k_train``: the DIV2K layout under a data root (``data_root``, else
   ``$RCAN_DEPLOY_DATA``, else ``~/.cache/rcan_deploy/data``); LR images come from
   ``DIV2K_*_LR_bicubic/X<s>/`` when that folder exists, else they are made from the HR images;
 - ``samples``: natural colour photographs inside the installed scikit-image package, with a fixed
   ``train`` / ``heldout`` split;
+- ``photos``: 41 photographs (1-20 MP) from Debian packages, installed under the data root by
+  ``rcan-deploy data fetch photos``, with a fixed ``calib`` / ``val`` / ``test`` split;
 
 and any folder of images (HR only, or ``HR/`` with ``LR/``, ``LR/X<s>/`` or ``LR_bicubic/X<s>/``).
 
@@ -37,8 +39,15 @@ from .imresize import imresize, mod_crop
 from .io import IMAGE_SUFFIXES, image_size, read_image, to_float, write_image
 
 DIV2K_SETS = ("div2k_valid", "div2k_train")
-NAMED_SETS = (*DIV2K_SETS, "samples")
-SPLITS = ("train", "heldout")
+NAMED_SETS = (*DIV2K_SETS, "samples", "photos")
+# Splits by set and the role each plays: "calibration" (PTQ statistics), "selection" (choosing a
+# recipe or mixed precision), "heldout" (evaluation only).
+SPLIT_ROLES = {
+    "samples": {"calibration": "train", "heldout": "heldout"},
+    "photos": {"calibration": "calib", "selection": "val", "heldout": "test"},
+}
+# default_set_name takes the first of these that is present; the last one is the fallback.
+DEFAULT_SETS = ("div2k_valid", "samples")
 LR_FROM_FILES = "files"
 LR_GENERATED = "matlab-bicubic"
 
@@ -158,26 +167,39 @@ class Dataset:
                 "count": len(self.pairs), "split": self.split, "lr_source": self.lr_source}
 
 
+def split_for(name: str, role: str) -> str | None:
+    """The split of set ``name`` that plays ``role`` (``calibration``, ``selection``,
+    ``heldout``); None for a set without that role (DIV2K, folders)."""
+    return SPLIT_ROLES.get(name, {}).get(role)
+
+
 def get_dataset(name_or_dir: str, scale: int = 2, data_root: str | Path | None = None,
                 split: str | None = None, cache_dir: str | Path | None = None) -> Dataset:
-    """A named set (``div2k_valid``, ``div2k_train``, ``samples``) or a folder of images.
+    """A named set (``div2k_valid``, ``div2k_train``, ``samples``, ``photos``) or a folder.
 
-    ``split`` (``train`` / ``heldout``) applies to ``samples`` only; ``cache_dir`` overrides
-    ``$RCAN_DEPLOY_CACHE`` as the cache root (made LR images go to ``<cache_dir>/lr/``).
+    ``split`` applies to ``samples`` (``train`` / ``heldout``) and ``photos`` (``calib`` /
+    ``val`` / ``test``); ``cache_dir`` overrides ``$RCAN_DEPLOY_CACHE`` as the cache root (made LR
+    images go to ``<cache_dir>/lr/``).
     """
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 2:
         raise UserError(f"scale must be an integer >= 2, got {scale!r}")
     scale = int(scale)
-    if split is not None and split not in SPLITS:
-        raise UserError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
-    if split is not None and name_or_dir != "samples":
-        raise UserError(f"split '{split}' is defined only for the 'samples' set")
+    if split is not None:
+        if name_or_dir not in SPLIT_ROLES:
+            raise UserError(f"split '{split}' is defined only for the "
+                            f"{' and '.join(repr(n) for n in SPLIT_ROLES)} sets")
+        splits = tuple(SPLIT_ROLES[name_or_dir].values())
+        if split not in splits:
+            raise UserError(f"split must be one of {', '.join(splits)} for '{name_or_dir}', "
+                            f"got '{split}'")
     lr_cache_root = (Path(cache_dir) if cache_dir else default_cache_root()) / "lr"
+    root = Path(data_root).expanduser() if data_root else default_data_root()
     if name_or_dir in DIV2K_SETS:
-        root = Path(data_root).expanduser() if data_root else default_data_root()
         return _div2k(name_or_dir, scale, root, lr_cache_root)
     if name_or_dir == "samples":
         return _samples(scale, split, lr_cache_root)
+    if name_or_dir == "photos":
+        return _photos(scale, split, root, lr_cache_root)
     return _folder(Path(name_or_dir).expanduser(), scale, lr_cache_root)
 
 
@@ -237,6 +259,36 @@ def _samples(scale: int, split: str | None, lr_cache_root: Path) -> Dataset:
     return Dataset("samples", folder.resolve(), scale, tuple(pairs), LR_GENERATED, split)
 
 
+def missing_photos(folder: Path, files: dict[str, Any]) -> list[str]:
+    """Listed photographs that are not in ``folder`` with their listed byte size."""
+    missing = []
+    for name, info in files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != int(info["bytes"]):
+            missing.append(name)
+    return missing
+
+
+def _photos(scale: int, split: str | None, data_root: Path, lr_cache_root: Path) -> Dataset:
+    definition = set_definitions()["sets"]["photos"]
+    folder = data_root / definition["folder"]
+    files = definition["files"]
+    missing = missing_photos(folder, files)
+    if len(missing) == len(files):
+        raise UserError(f"data set photos not found: {folder} holds none of its {len(files)} "
+                        "images; download it with 'rcan-deploy data fetch photos --data-root "
+                        "DIR' and pass --data-root DIR (or set RCAN_DEPLOY_DATA=DIR)")
+    if missing:
+        raise UserError(f"{folder}: {len(missing)} of the {len(files)} photos are missing or "
+                        f"changed ({missing[0]}, ...); run 'rcan-deploy data fetch photos' again")
+    names = [name for role in SPLIT_ROLES["photos"].values() for name in definition[role]]
+    names = names if split is None else definition[split]
+    cache = lr_cache_root / "photos" / f"X{scale}"
+    pairs = tuple(ImagePair(Path(name).stem, folder / name, scale, None, cache)
+                  for name in sorted(names))
+    return Dataset("photos", folder.resolve(), scale, pairs, LR_GENERATED, split)
+
+
 def _images_by_stem(folder: Path) -> dict[str, Path]:
     """Image files of ``folder`` by stem, sorted by file name; a repeated stem is an error."""
     found: dict[str, Path] = {}
@@ -285,10 +337,18 @@ def _folder(folder: Path, scale: int, lr_cache_root: Path) -> Dataset:
     return Dataset(folder.resolve().name, resolved, scale, tuple(pairs), lr_source)
 
 
-def default_set_name(scale: int = 2, data_root: str | Path | None = None) -> str:
-    """``div2k_valid`` when it is present under the data root, else ``samples``."""
+def set_available(name: str, scale: int = 2, data_root: str | Path | None = None) -> bool:
+    """Whether the named set (or folder) can be loaded as it is now."""
     try:
-        get_dataset("div2k_valid", scale, data_root)
-        return "div2k_valid"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an incomplete DIV2K still counts as present
+            get_dataset(name, scale, data_root)
     except UserError:
-        return "samples"
+        return False
+    return True
+
+
+def default_set_name(scale: int = 2, data_root: str | Path | None = None,
+                     order: tuple[str, ...] = DEFAULT_SETS) -> str:
+    """The first set of ``order`` present under the data root; else the last one of ``order``."""
+    return next((name for name in order[:-1] if set_available(name, scale, data_root)), order[-1])

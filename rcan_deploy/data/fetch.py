@@ -1,17 +1,24 @@
-"""Download the official DIV2K archives: resumable, size- and sha256-checked, extracted atomically.
+"""Download the named sets: resumable, size- and sha256-checked, installed atomically.
 
-Sizes and sha256 sums come from ``calibration/sets.yaml`` (``archives`` of each DIV2K set). A
-download goes to ``<data root>/<archive>.part`` and resumes from there with an HTTP Range request
-when it was interrupted (the ``.part`` file is kept for that); a wrong size or checksum deletes the
-file. The archive is extracted into a temporary folder inside the data root and its top folder
-renamed into ``<data root>/DIV2K/``, so ``DIV2K/`` only ever holds complete folders; the archive is
-deleted afterwards.
+Sizes and sha256 sums come from ``calibration/sets.yaml``. A download goes to
+``<data root>/<file>.part`` and resumes from there with an HTTP Range request when it was
+interrupted (the ``.part`` file is kept for that); a wrong size or checksum deletes the file.
+
+- DIV2K (``archives`` of each DIV2K set): each archive is extracted into a temporary folder inside
+  the data root and its top folder renamed into ``<data root>/DIV2K/``, so ``DIV2K/`` only ever
+  holds complete folders.
+- ``photos`` (``packages``): the Debian packages are downloaded (see ``debian.archive_roots`` for
+  where from), the listed files copied out of them into a temporary folder and checked, and the
+  folder renamed to ``<data root>/photos``.
+
+Downloaded archives and packages are deleted once their content is installed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import shutil
 import tempfile
 import time
@@ -24,12 +31,18 @@ from typing import Iterable
 from tqdm import tqdm
 
 from ..errors import UserError
-from .datasets import DIV2K_SETS, default_data_root, set_definitions
+from .datasets import (DIV2K_SETS, SPLIT_ROLES, default_data_root, missing_photos,
+                       set_definitions)
+from .debian import archive_roots, read_members
 
 DIV2K_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
 _RETRY_WAIT_S = 2.0
+
+
+class _NotFound(UserError):
+    """HTTP 404: the file is not at this URL (another mirror may have it)."""
 
 
 def _sha256(path: Path) -> str:
@@ -81,7 +94,8 @@ def _download(url: str, target: Path, size: int, sha256: str, progress: bool,
                 reason = "HTTP 416"
                 continue
             if exc.code < 500:
-                raise UserError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+                error = _NotFound if exc.code == 404 else UserError
+                raise error(f"{url}: HTTP {exc.code} {exc.reason}") from None
             reason = f"HTTP {exc.code} {exc.reason}"
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             reason = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
@@ -174,3 +188,100 @@ def fetch_div2k(name: str, data_root: str | Path | None = None, base_url: str = 
         _extract(archive, div2k_dir, folder)
         archive.unlink()
     return div2k_dir
+
+
+def _data_root(data_root: str | Path | None) -> Path:
+    root = Path(data_root).expanduser() if data_root else default_data_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{root}: cannot create the folder ({exc.strerror})") from None
+    return root
+
+
+def _fetch_package(entry: dict, target: Path, roots: list[str], progress: bool,
+                   attempts: int) -> None:
+    """Download one package to ``target`` from the first archive root that has it."""
+    size, sha256 = int(entry["size"]), str(entry["sha256"])
+    for root in roots:
+        try:
+            _download(f"{root}/{entry['filename']}", target, size, sha256, progress, attempts)
+            return
+        except _NotFound:
+            continue
+    raise UserError(f"{target.name}: not found on the Debian mirror{'s' if len(roots) > 1 else ''} "
+                    f"tried ({roots[0]}); pass --mirror URL of an archive that still holds it "
+                    "(Debian keeps old releases on its archive server)")
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside, then deleted."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        target.replace(old / target.name)
+    staging.replace(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def fetch_photos(data_root: str | Path | None = None, mirror: str | None = None,
+                 progress: bool = True, attempts: int = 3,
+                 definition: dict | None = None) -> Path:
+    """Install the ``photos`` set as ``<data root>/photos`` from the Debian packages that ship it.
+
+    ``mirror`` is a Debian archive root (default ``$RCAN_DEPLOY_DEBIAN_MIRROR``, else the mirror
+    apt uses); ``definition`` replaces the ``photos`` entry of ``calibration/sets.yaml``. Each
+    package is checked by size and sha256, each copied image by sha256; the folder appears
+    complete or not at all, with ``manifest.json`` (sources, credits, licences). An installed set
+    is left as it is. Returns the folder.
+    """
+    if attempts < 1:
+        raise UserError(f"attempts must be at least 1, got {attempts}")
+    definition = definition if definition is not None else set_definitions()["sets"]["photos"]
+    files: dict[str, dict] = definition["files"]
+    data_root = _data_root(data_root)
+    target = data_root / definition["folder"]
+    if target.is_dir() and not missing_photos(target, files):
+        return target
+    packages = list(dict.fromkeys(info["package"] for info in files.values()))
+    unknown = [name for name in packages if name not in definition["packages"]]
+    if unknown:
+        raise UserError(f"photos: package {unknown[0]} is not listed under 'packages'")
+    entries = {name: definition["packages"][name] for name in packages}
+    needed = sum(int(info["bytes"]) for info in files.values()) + sum(
+        int(entry["size"]) for entry in entries.values())
+    free = shutil.disk_usage(data_root).free
+    if free < needed:
+        raise UserError(f"{data_root}: the photos set needs about {needed / 1e6:.0f} MB free, "
+                        f"only {free / 1e6:.0f} MB left")
+    debs: dict[str, Path] = {}
+    roots: list[str] = []
+    for name, entry in entries.items():
+        debs[name] = data_root / Path(entry["filename"]).name
+        if not (debs[name].is_file() and debs[name].stat().st_size == int(entry["size"])
+                and _sha256(debs[name]) == entry["sha256"]):
+            roots = roots or archive_roots(mirror)
+            _fetch_package(entry, debs[name], roots, progress, attempts)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=data_root))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the installed set is an ordinary folder
+        for package, deb in debs.items():
+            wanted = {info["path"]: staging / name for name, info in files.items()
+                      if info["package"] == package}
+            digests = read_members(deb, wanted)
+            for name, info in files.items():
+                if info["package"] == package and digests[info["path"]] != info["sha256"]:
+                    raise UserError(f"{deb.name}: {info['path']} has sha256 "
+                                    f"{digests[info['path']][:12]}..., expected "
+                                    f"{info['sha256'][:12]}... (is sets.yaml out of date?)")
+        splits = {split: definition[split] for split in SPLIT_ROLES["photos"].values()}
+        manifest = {"set": "photos", "description": definition.get("description", ""),
+                    "packages": entries, "files": files, "splits": splits}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        _replace_folder(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for deb in debs.values():
+        deb.unlink()
+    return target

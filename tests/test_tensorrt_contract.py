@@ -56,8 +56,11 @@ def report(request, graphs, tmp_path_factory):
         pytest.skip(str(exc))
     job = {**graphs, "work": str(work), "out": str(work / "report.json")}
     (work / "job.json").write_text(json.dumps(job))
-    env = {**os.environ, "LD_LIBRARY_PATH": str(real.stubs),
-           "PYTHONPATH": os.pathsep.join([str(real.site), str(TESTS)])}
+    def prepend(name, *paths):
+        return os.pathsep.join([*map(str, paths), *filter(None, [os.environ.get(name)])])
+
+    env = {**os.environ, "LD_LIBRARY_PATH": prepend("LD_LIBRARY_PATH", real.stubs),
+           "PYTHONPATH": prepend("PYTHONPATH", real.site, TESTS)}
     done = subprocess.run([sys.executable, "-m", "trt_contract.driver", str(work / "job.json")],
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

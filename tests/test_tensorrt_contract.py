@@ -180,7 +180,7 @@ def test_refusals_are_one_line_errors_and_write_nothing(report):
     assert "Magic tag does not match" in _one_line(result["garbage"])
 
 
-def test_runner_frees_everything_on_failure(report):
+def test_runner_in_bench_and_freeing_everything_on_failure(report):
     result = report["results"]["runner_failures"]
     for call in ("cudaMalloc", "cudaMallocHost", "cudaEventCreate"):
         failed = result[f"activate_{call}"]
@@ -192,6 +192,12 @@ def test_runner_frees_everything_on_failure(report):
     assert "cudaFree: cudaErrorIllegalAddress" in released["outcome"] and not released["active"]
     # the one failed free stays allocated; every other resource was released
     assert released["live"] == {"device": 1, "pinned": 0, "streams": 0, "events": 0}
+    ok = result["bench"]
+    assert ok["code"] == 0, ok["err"][-2000:]
+    candidate = ok["report"]["candidate"]
+    assert candidate["runtime"] == "tensorrt" and candidate["kind"] == "tensorrt-engine"
+    assert candidate["graph_shape"] == [1, 3, 32, 48] and ok["report"]["images"]
+    assert abs(ok["report"]["summary"]["standard"]["delta"]["psnr"]) < 0.5  # INT8 vs FP32
     bench = result["bench_cuda_error"]
     assert "cudaMemcpyAsync failed: cudaErrorIllegalAddress" in _one_line(bench)
     assert bench["live"] == released["live"]

@@ -144,6 +144,11 @@ def scenario_runner_failures(job: dict, cuda: FakeCuda) -> dict:
         outcome = f"{type(exc).__name__}: {exc}"
     results["deactivate_cudaFree"] = {"outcome": outcome, "active": runner.is_active,
                                       "live": cuda.live()}
+    report = Path(job["work"]) / "bench-ok"
+    results["bench"] = {**cli("bench", "--engine", engine, "--dataset", "samples", "--limit", "1",
+                              "--warmup", "0", "--repeat", "2", "--out", report),
+                        "report": json.loads((report / "report.json").read_text())
+                        if (report / "report.json").is_file() else None}
     cuda.fail = {"cudaMemcpyAsync": {cuda.calls["cudaMemcpyAsync"] + 1:
                                      cudaError_t.cudaErrorIllegalAddress}}
     result = cli("bench", "--engine", engine, "--reference", job["int8"], "--dataset", "samples",

@@ -6,8 +6,9 @@ What it models is what the project relies on, after NVIDIA's documentation:
   uint8 or non-zero zero points are rejected (TensorRT quantizes symmetric int8 only).
 - Builder: precision builder flags on a strongly typed network fail the build (10.x); 11.x
   networks are always strongly typed. A DequantizeLinear feeding anything but a convolution or
-  a matrix product gives an "unfused" warning (simpler than TensorRT's fusion rules). INFO and VERBOSE chatter is logged too. The serialized engine is JSON
-  (release, I/O, layers with precisions, profiling verbosity) plus the parsed ONNX graph.
+  a matrix product gives an "unfused" warning (simpler than TensorRT's fusion rules). INFO and
+  VERBOSE chatter is logged too. The serialized engine is JSON (release, I/O, layers with
+  precisions, profiling verbosity, typing, flags, memory pools) plus the parsed ONNX graph.
 - Timing caches serialize with a header naming the release; other bytes are refused.
 - Runtime: an engine of another release is refused with TensorRT's "version tag" error.
 - EngineInspector: the JSON schema of the release (10.x "Format/Datatype" and "Bindings", 11.x
@@ -319,8 +320,10 @@ class IExecutionContext(StandIn):
                 feeds[tensor["name"]] = np.frombuffer(CUDA.read(self._addresses[tensor["name"]],
                                                                 count), dtype).reshape(
                     tensor["shape"])
-        session = onnxruntime.InferenceSession(base64.b64decode(spec["onnx"]),
-                                               providers=["CPUExecutionProvider"])
+        if self._session is None:
+            self._session = onnxruntime.InferenceSession(base64.b64decode(spec["onnx"]),
+                                                         providers=["CPUExecutionProvider"])
+        session = self._session
         for meta, value in zip(session.get_outputs(), session.run(None, feeds)):
             CUDA.write(self._addresses[meta.name], np.ascontiguousarray(value).tobytes())
         return True
@@ -386,7 +389,7 @@ class ICudaEngine(StandIn):
         return EngineInspector.make(_engine=self)
 
     def create_execution_context(self, strategy=None):
-        return IExecutionContext.make(_engine=self, _addresses={})
+        return IExecutionContext.make(_engine=self, _addresses={}, _session=None)
 
 
 class Runtime(StandIn):

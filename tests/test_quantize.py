@@ -1,6 +1,7 @@
 """INT8 PTQ: QDQ structure at the fixed shape, determinism, data errors, sensitivity/fallback."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -176,3 +177,33 @@ def test_float_layers_dequantizes_int8_weight_constants(small_graph, tmp_path):
     restored, exact = weights[node.input[1]], original[fp32_node.input[1]]
     step = np.abs(exact).reshape(len(exact), -1).max(axis=1) / 127
     assert np.all(np.abs(restored - exact).reshape(len(exact), -1).max(axis=1) <= step / 2 + 1e-7)
+
+
+def test_kept_float_names_are_exact_not_prefixes():
+    """modelopt reads excluded names as regexes matched at the start of a node name: keeping
+    '/a/Conv' in float must not also keep its sibling '/a/Conv_1'."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rcan_deploy.quant.ptq import QuantizeOptions, exact_name_patterns, quantize_model
+
+    rng = np.random.default_rng(0)
+
+    def weight(name, shape):
+        return numpy_helper.from_array(rng.normal(0, 0.2, shape).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], name="/a/Conv", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["b"], name="/a/Relu"),
+             helper.make_node("Conv", ["b", "w2"], ["c"], name="/a/Conv_1", pads=[1] * 4),
+             helper.make_node("Conv", ["c", "w3"], ["output"], name="/b/Conv", pads=[1] * 4)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [weight("w1", (16, 3, 3, 3)), weight("w2", (16, 16, 3, 3)), weight("w3", (3, 16, 3, 3))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    crops = rng.uniform(0, 1, (4, 3, 16, 16)).astype(np.float32)
+    _, record = quantize_model(model, crops, QuantizeOptions(keep_float=("/a/Conv",)))
+    assert record["excluded_nodes"] == ["/a/Conv"]
+    assert record["quantized_layers"] == ["/a/Conv_1", "/b/Conv"]
+    patterns = exact_name_patterns(["/a/Conv", "x+(y)"])
+    assert [bool(re.match(patterns[0], n)) for n in ("/a/Conv", "/a/Conv_1")] == [True, False]
+    assert re.match(patterns[1], "x+(y)") and not re.match(patterns[1], "xx(y)")

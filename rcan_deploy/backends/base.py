@@ -82,8 +82,10 @@ class Runner:
     def deactivate(self) -> None:
         """Release the runtime; the runner can be activated again."""
         if self.is_active:
-            self.deactivate_impl()
-            self.is_active = False
+            try:
+                self.deactivate_impl()
+            finally:
+                self.is_active = False
 
     def __enter__(self) -> "Runner":
         self.activate()

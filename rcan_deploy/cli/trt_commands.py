@@ -31,15 +31,25 @@ from ..trt.inspect import inspect_engine
               default="layer_names_only", show_default=True,
               help="Layer information kept in the engine; detailed lets 'inspect' show each "
                    "layer's precision.")
-def build_command(model, out, **kwargs) -> None:
+@click.option("--show-warnings", is_flag=True,
+              help="Print TensorRT's build warnings (unfused Q/DQ nodes among them) on stderr; "
+                   "they are always kept in the engine's sidecar.")
+def build_command(model, out, show_warnings, **kwargs) -> None:
     """Build a TensorRT engine from a fixed-shape ONNX graph (needs TensorRT and a GPU)."""
     record = build_engine(model, out, **kwargs)
+    warnings = record["build"]["warnings"]
+    if show_warnings:
+        for warning in warnings:
+            click.echo(f"TensorRT warning: {warning}", err=True)
     gpu = record["gpu"]
     click.echo(f"wrote {out or default_engine_path(model, record['precision'])}: "
                f"{record['precision']} engine, input {record['input_shape']} -> output "
                f"{record['output_shape']}; TensorRT {record['tensorrt']['version']} on "
                f"{gpu['name']} (sm {gpu['compute_capability']}), built in "
                f"{record['build']['seconds']:.1f} s")
+    if warnings and not show_warnings:
+        click.echo(f"TensorRT logged {len(warnings)} warning(s), kept in the sidecar "
+                   "(--show-warnings prints them)")
 
 
 @click.command("inspect")
@@ -59,10 +69,13 @@ def inspect_command(engine, as_json) -> None:
         click.echo(f"  {tensor['mode']:<6} {tensor['name']:<20} {str(tensor['shape']):<22} "
                    f"{tensor['dtype']}")
     counts = ", ".join(f"{p} {n}" for p, n in result["precisions"].items())
-    click.echo(f"{result['num_layers']} layers" + (f": {counts}" if counts else ""))
+    copies = (f" ({result['copy_layers']} reformatting copies not counted)"
+              if result["copy_layers"] else "")
+    click.echo(f"{result['num_layers']} layers" + (f": {counts}{copies}" if counts else ""))
     if not result["detailed"]:
         click.echo(result["note"])
         return
     click.echo(f"{'layer':<60} {'type':<20} precision")
     for layer in result["layers"]:
-        click.echo(f"{layer['name'][:60]:<60} {layer['type'][:20]:<20} {layer['precision']}")
+        kind = f"{layer['type'][:13]} (copy)" if layer["copy"] else layer["type"][:20]
+        click.echo(f"{layer['name'][:60]:<60} {kind:<20} {layer['precision']}")

@@ -104,15 +104,24 @@ def excluded_nodes(model: onnx.ModelProto, options: QuantizeOptions) -> list[str
     return sorted(set(chosen) | set(options.keep_float))
 
 
+def exact_name_patterns(names: list[str]) -> list[str]:
+    """Regexes matching exactly ``names``: modelopt reads ``nodes_to_exclude`` as patterns
+    matched at the start of a name (``re.match``), so ``/x/Conv`` alone would also exclude
+    ``/x/Conv_1``."""
+    return [f"^{re.escape(name)}$" for name in names]
+
+
 def _modelopt(dynamic_path: str, out_path: str, crops: np.ndarray, method: str,
               high_precision: str, exclude: list[str]) -> None:
-    """modelopt's PTQ in a child process (see :mod:`rcan_deploy.quant.modelopt_worker`)."""
+    """modelopt's PTQ in a child process (see :mod:`rcan_deploy.quant.modelopt_worker`);
+    ``exclude``: exact node names."""
     folder = os.path.dirname(out_path)
     crops_path, job_path = os.path.join(folder, "crops.npy"), os.path.join(folder, "job.json")
     np.save(crops_path, crops)
     with open(job_path, "w") as handle:
         json.dump({"model": dynamic_path, "out": out_path, "crops": crops_path, "method": method,
-                   "high_precision": high_precision, "exclude": exclude}, handle)
+                   "high_precision": high_precision, "exclude": exact_name_patterns(exclude)},
+                  handle)
     done = subprocess.run([sys.executable, "-m", "rcan_deploy.quant.modelopt_worker", job_path],
                           capture_output=True, text=True)
     if done.returncode != 0 or not os.path.isfile(out_path):

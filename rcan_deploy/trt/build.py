@@ -6,9 +6,12 @@ Precisions (TensorRT 11 has no FP16/INT8 builder flags, so precision lives in th
 
 - ``int8``: a QDQ graph as is (``rcan-deploy quantize``); INT8 where the graph has Q/DQ.
 - ``fp32``: a float graph as is, TF32 off.
-- ``fp16``: an FP16 copy of a float graph (:func:`rcan_deploy.trt.fp16.fp16_graph`).
+- ``fp16``: an FP16 copy of a float graph (:func:`rcan_deploy.trt.fp16.fp16_graph`: modelopt
+  AutoCast, nodes whose values leave the FP16-safe range on natural-image crops stay FP32).
 - ``best``: TensorRT 10: the graph as is, weakly typed, with the FP16 (and, for a QDQ graph,
   INT8) builder flags, letting TensorRT pick per layer; TensorRT 11: the FP16 copy of the graph.
+
+TensorRT's warnings (unfused Q/DQ nodes among them) are kept in the sidecar (``build.warnings``).
 """
 
 from __future__ import annotations
@@ -88,10 +91,31 @@ def has_qdq(model: onnx.ModelProto) -> bool:
     return any(node.op_type in _QDQ_OPS for node in model.graph.node)
 
 
+def asymmetric_qdq_nodes(model: onnx.ModelProto) -> list[str]:
+    """Q/DQ nodes whose zero point is uint8 or non-zero: the form ``quantize --target cpu``
+    makes for ONNX Runtime's CPU provider, which TensorRT (symmetric int8 only) cannot build."""
+    consts = {t.name: t for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type in _QDQ_OPS and len(node.input) > 2 and node.input[2] in consts:
+            zero_point = consts[node.input[2]]
+            if zero_point.data_type == onnx.TensorProto.UINT8 or \
+                    onnx.numpy_helper.to_array(zero_point).any():
+                found.append(node.name)
+    return found
+
+
 def check_graph(path: Path, model: onnx.ModelProto, precision: str) -> None:
     """UserError when the graph cannot give ``precision``: int8 needs Q/DQ nodes, fp32 and fp16
-    need a float graph (a QDQ graph would run INT8 layers under that label)."""
+    need a float graph (a QDQ graph would run INT8 layers under that label); no precision takes
+    an ONNX Runtime CPU QDQ graph (uint8, non-zero zero points)."""
     qdq = has_qdq(model)
+    asymmetric = asymmetric_qdq_nodes(model) if qdq else []
+    if asymmetric:
+        raise UserError(f"{path}: {len(asymmetric)} Q/DQ nodes (first {asymmetric[0]!r}) have "
+                        "uint8 or non-zero zero points, the ONNX Runtime CPU form of quantize "
+                        "--target cpu, which TensorRT cannot build: quantize with --target "
+                        "tensorrt")
     if precision == "int8" and not qdq:
         raise UserError(f"{path}: --precision int8 needs a QDQ graph and this one has no "
                         "QuantizeLinear/DequantizeLinear nodes: run rcan-deploy quantize first, or "
@@ -123,11 +147,22 @@ def parser_failure(path: Path, errors: list) -> UserError:
                      f"{shown or 'no error reported'}")
 
 
+@dataclass
+class BuildResult:
+    """What a build made besides the engine bytes: the network's I/O tensors, TensorRT's
+    warnings and, for an FP16 copy, how it was made."""
+
+    io: dict[str, list[dict]]
+    warnings: list[str]
+    fp16: dict[str, Any] | None = None
+
+
 def engine_record(options: BuildOptions, plan: NetworkPlan, onnx_path: Path,
-                  tensorrt_version: str, gpu: dict[str, Any], io: dict[str, list[dict]],
+                  tensorrt_version: str, gpu: dict[str, Any], result: BuildResult,
                   seconds: float) -> dict[str, Any]:
     """The sidecar fields of an engine (without the standard artifact fields)."""
     parent = read_sidecar(onnx_path) or {}
+    io = result.io
     return {
         **{key: parent[key] for key in _INHERITED if key in parent},
         "kind": "tensorrt-engine",
@@ -143,7 +178,9 @@ def engine_record(options: BuildOptions, plan: NetworkPlan, onnx_path: Path,
                   "timing_cache": options.timing_cache,
                   "profile_verbosity": options.profile_verbosity,
                   "strongly_typed": plan.strongly_typed, "builder_flags": list(plan.set_flags),
-                  "graph": "fp16 copy (modelopt autocast)" if plan.fp16_copy else "as is"},
+                  "graph": "fp16 copy (modelopt autocast)" if plan.fp16_copy else "as is",
+                  **({"fp16": result.fp16} if result.fp16 else {}),
+                  "warnings": result.warnings},
     }
 
 
@@ -168,8 +205,8 @@ def build_engine(onnx_path: str | Path = defaults.INT8_ONNX, out: str | Path | N
     plan = network_plan(precision, has_qdq(model), flags)
     start = time.perf_counter()
     with atomic_path(out) as tmp:
-        serialized, io = _build(trt, onnx_path, model, plan, options)
-        record = engine_record(options, plan, onnx_path, trt.__version__, gpu, io,
+        serialized, result = _build(trt, onnx_path, model, plan, options)
+        record = engine_record(options, plan, onnx_path, trt.__version__, gpu, result,
                                time.perf_counter() - start)
         tmp.write_bytes(serialized)
         sidecar = {"artifact": out.name, "sha256": sha256_file(tmp),
@@ -180,17 +217,38 @@ def build_engine(onnx_path: str | Path = defaults.INT8_ONNX, out: str | Path | N
     return sidecar
 
 
+def fp16_reference(path: Path, model: onnx.ModelProto) -> tuple[Any, dict[str, Any]]:
+    """Reference inputs for the FP16 conversion: 8 crops of 64 px of the ``samples`` training
+    images at the graph's input range (its sidecar's; 0..255, the wider, without one)."""
+    from ..data.crops import calibration_crops
+    from ..data.datasets import get_dataset
+    from ..onnx_utils import graph_scale
+
+    sidecar = read_sidecar(path) or {}
+    value_range = int(sidecar.get("input_range", 255))
+    dataset = get_dataset("samples", graph_scale(model, sidecar, path), split="train")
+    crops = calibration_crops(dataset, 8, 64, 0)
+    return crops.array * value_range, {
+        "reference": f"{len(crops.array)} crops of 64 px, samples training split, range "
+                     f"0..{value_range}" + ("" if "input_range" in sidecar else " (no sidecar)")}
+
+
 def _build(trt: ModuleType, path: Path, model: onnx.ModelProto, plan: NetworkPlan,
-           options: BuildOptions) -> tuple[Any, dict[str, list[dict]]]:
-    """The serialized engine and the network's I/O tensors."""
+           options: BuildOptions) -> tuple[Any, BuildResult]:
+    """The serialized engine and what else the build made."""
+    fp16 = None
+    if plan.fp16_copy:
+        from .fp16 import DATA_MAX, fp16_graph, fp32_nodes
+
+        reference, fp16 = fp16_reference(path, model)
+        graph = fp16_graph(model, reference)
+        fp16.update(data_max=DATA_MAX, kept_fp32=fp32_nodes(graph))
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, plan.strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if plan.fp16_copy:
-        from .fp16 import fp16_graph
-
-        parsed = parser.parse(fp16_graph(model).SerializeToString())
+        parsed = parser.parse(graph.SerializeToString())
     else:
         parsed = parser.parse_from_file(str(path))
     if not parsed:
@@ -217,7 +275,7 @@ def _build(trt: ModuleType, path: Path, model: onnx.ModelProto, plan: NetworkPla
                "outputs": [network.get_output(i) for i in range(network.num_outputs)]}
     io = {key: [{"name": t.name, "shape": list(t.shape), "dtype": dtype_name(trt, t.dtype)}
                 for t in items] for key, items in tensors.items()}
-    return serialized, io
+    return serialized, BuildResult(io, list(dict.fromkeys(logger.warnings)), fp16)
 
 
 def _network_flags(trt: ModuleType, strongly_typed: bool) -> int:
@@ -235,6 +293,3 @@ def _load_timing_cache(config, path: Path) -> None:
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         raise UserError(f"{path}: not a timing cache of this TensorRT version and GPU: delete it "
                         "or pass another --timing-cache")
-
-
-

@@ -19,8 +19,9 @@ _LOGGER = None
 
 
 def trt_logger(trt: ModuleType):
-    """The process-wide TensorRT logger: prints nothing, keeps error messages in ``.errors``
-    (cleared here; one logger for all TensorRT objects, as TensorRT expects it to outlive them)."""
+    """The process-wide TensorRT logger: prints nothing, keeps error messages in ``.errors`` and
+    warnings (unfused Q/DQ nodes among them) in ``.warnings``, both cleared here (one logger for
+    all TensorRT objects, as TensorRT expects it to outlive them)."""
     global _LOGGER
     if _LOGGER is None:
 
@@ -28,14 +29,25 @@ def trt_logger(trt: ModuleType):
             def __init__(self):
                 trt.ILogger.__init__(self)
                 self.errors: list[str] = []
+                self.warnings: list[str] = []
 
             def log(self, severity, msg):
                 if severity in (trt.ILogger.ERROR, trt.ILogger.INTERNAL_ERROR):
                     self.errors.append(msg)
+                elif severity == trt.ILogger.WARNING:
+                    self.warnings.append(msg)
 
         _LOGGER = _Logger()
     _LOGGER.errors.clear()
+    _LOGGER.warnings.clear()
     return _LOGGER
+
+
+def last_error() -> str | None:
+    """The latest error TensorRT logged since the logger was last fetched (one line)."""
+    if _LOGGER is None or not _LOGGER.errors:
+        return None
+    return " ".join(_LOGGER.errors[-1].split())[:200] or None
 
 
 def dtype_name(trt: ModuleType, dtype) -> str:

@@ -1,9 +1,15 @@
 """TensorRT engines of a small SR4K RCAN2 (64x96) against ONNX Runtime on the same graphs: fp32
 close, fp16 within fp16 tolerance, INT8 (and best) within a PSNR of the fake-quant reference.
-Needs TensorRT, cuda-python and an NVIDIA GPU: run inside docker/Dockerfile.gpu."""
+Needs TensorRT, cuda-python and an NVIDIA GPU: run inside docker/Dockerfile.gpu.
 
-import importlib.util
+Without TensorRT the module is skipped; with TensorRT but a misconfigured machine (no
+cuda-python, no GPU visible, a driver older than cuda-python's CUDA) it is skipped with that
+reason, or fails with it when RCAN_DEPLOY_REQUIRE_GPU=1 (set in the GPU image, where each of
+these is a broken image). Once the checks pass, any error is a failure, never a skip."""
+
+import importlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -22,22 +28,29 @@ from rcan_deploy.trt.inspect import inspect_engine
 SHAPE = (64, 96)
 
 
-def _gpu_ready() -> bool:
-    if importlib.util.find_spec("tensorrt") is None:
-        return False
+def _unusable() -> str | None:
+    """Why this machine cannot run the GPU tests (None when it can)."""
+    try:
+        importlib.import_module("tensorrt")
+    except ImportError as exc:
+        return f"TensorRT is not installed ({exc})"
+    except OSError as exc:  # the bindings are there, libnvinfer is not
+        return f"TensorRT's Python bindings cannot load its libraries ({exc})"
     from rcan_deploy.trt import require_cudart
+    from rcan_deploy.trt.device import gpu_problem
 
     try:
         cudart = require_cudart()
     except UserError:
-        return False
-    error, count = cudart.cudaGetDeviceCount()
-    return error == cudart.cudaError_t.cudaSuccess and count > 0
+        return "cuda-python is not installed (pip install cuda-python of the driver's CUDA major)"
+    return gpu_problem(cudart)
 
 
+UNUSABLE = _unusable()
+if UNUSABLE and os.environ.get("RCAN_DEPLOY_REQUIRE_GPU") == "1":
+    pytest.fail(f"RCAN_DEPLOY_REQUIRE_GPU=1 but {UNUSABLE}", pytrace=False)
 pytestmark = [
-    pytest.mark.skipif(not _gpu_ready(), reason="TensorRT and a CUDA GPU are required (run "
-                                                "inside docker/Dockerfile.gpu)"),
+    pytest.mark.skipif(UNUSABLE is not None, reason=UNUSABLE or ""),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 

@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import defaults
-from .artifacts import (read_sidecar, save_onnx, sha256_file, sidecar_path, tool_versions,
-                        write_json)
+from .record import Record, derive, read_record, save_onnx
 from .errors import UserError, VerificationError
-from .onnx_utils import graph_scale, input_shape, load_model
+from .onnx_utils import graph_scale, input_shape, load_model, output_shape
 
 # Whole-graph verification of a rewrite of a fixed-shape graph runs the graph at its own shape;
 # above this many conv MACs (the SR4K graphs at 1080p need ~1.6e11) it is skipped and recorded.
@@ -39,7 +38,7 @@ def rewrite(model_path: str | Path, out: str | Path, *, pixel_shuffle: str | Non
     import numpy as np
 
     from .costs import model_info
-    from .onnx_utils import max_abs_error, output_shape, run, simplify
+    from .onnx_utils import max_abs_error, run, simplify
     from .passes.meanshift import fold_meanshift as fold
     from .passes.pixel_shuffle import rewrite_pixel_shuffle
 
@@ -57,12 +56,12 @@ def rewrite(model_path: str | Path, out: str | Path, *, pixel_shuffle: str | Non
     if dynamic:
         shape = [1, 3, *defaults.VERIFY_SHAPE]
     macs = 0 if dynamic else model_info(original)["macs"]
-    parent = read_sidecar(model_path) or {}
+    parent = read_record(model_path)
     verification: dict = {"shape": shape, "seed": seed}
     if macs > VERIFY_MACS_LIMIT:
         verification["skipped"] = f"{macs / 1e9:.0f} GMACs at the fixed shape > limit"
     else:
-        value_range = parent.get("input_range", 1)
+        value_range = (parent.input_range if parent else None) or 1
         x = (np.random.default_rng(seed).random(shape) * value_range).astype(np.float32)
         expected = run(original, x)[0]
         error = max_abs_error(expected, run(model, x)[0])
@@ -71,14 +70,11 @@ def rewrite(model_path: str | Path, out: str | Path, *, pixel_shuffle: str | Non
         if not error <= tolerance:
             raise VerificationError(f"rewritten graph differs from {model_path} by {error:.3g} "
                                     f"> {tolerance:.3g}; nothing written")
-    record = {**{k: v for k, v in parent.items()
-                 if k not in ("artifact", "sha256", "created", "command", "versions")},
-              "kind": parent.get("kind", "onnx"),
-              "parent": {"path": str(model_path), "sha256": sha256_file(model_path)},
-              "rewrite": {"passes": passes, "pixel_shuffle": pixel_shuffle,
-                          "fold_meanshift": fold_meanshift},
-              "input_shape": input_shape(model), "output_shape": output_shape(model),
-              "rewrite_verification": verification}
+    record = derive(model_path, parent.kind if parent else "onnx-fp32", parent)
+    record.input_shape, record.output_shape = input_shape(model), output_shape(model)
+    record.sections.update(rewrite={"passes": passes, "pixel_shuffle": pixel_shuffle,
+                                    "fold_meanshift": fold_meanshift},
+                           rewrite_verification=verification)
     return save_onnx(model, out, record)
 
 
@@ -111,24 +107,22 @@ def info(model_path: str | Path, *, shape: tuple[int, int] | None = None) -> dic
     from .costs import model_info, reference_rows
 
     result = model_info(load_model(model_path), shape)
-    sidecar = read_sidecar(model_path) or {}
-    result["source"] = sidecar.get("source")
-    result["variant"] = sidecar.get("variant")
+    record = read_record(model_path) or Record("onnx-fp32")
+    result["source"], result["variant"] = record.source, record.variant
     same_shape = result["input_shape"] == [1, 3, *defaults.SHAPE]
-    scale = (sidecar.get("config") or {}).get("scale")
-    rows = reference_rows(sidecar.get("source"), sidecar.get("variant")) if same_shape else []
-    result["reference"] = [r for r in rows if sidecar.get("source") and r["scale"] == str(scale)]
+    rows = reference_rows(record.source, record.variant) if same_shape else []
+    result["reference"] = [r for r in rows if record.source and r["scale"] == str(record.scale)]
     return result
 
 
-def _graph_input_range(sidecar: dict, override: int | None, model_path) -> int:
+def _graph_input_range(record: Record | None, override: int | None, model_path) -> int:
     if override is not None:
         if override not in (1, 255):
             raise UserError(f"--input-range {override}: expected 1 or 255")
         return override
-    if "input_range" not in sidecar:
+    if record is None or record.input_range is None:
         raise UserError(f"{model_path}: no sidecar says its input range; pass --input-range 1|255")
-    return int(sidecar["input_range"])
+    return record.input_range
 
 
 def _heldout_crops(calib: str, scale: int, data_root, crop_size: int, seed: int, count: int):
@@ -177,9 +171,9 @@ def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defa
     from .quant.sensitivity import fallback, layer_sensitivity, mean_psnr
 
     model = load_model(model_path)
-    sidecar = read_sidecar(model_path) or {}
-    value_range = _graph_input_range(sidecar, input_range, model_path)
-    scale = graph_scale(model, sidecar, model_path)
+    parent = read_record(model_path)
+    value_range = _graph_input_range(parent, input_range, model_path)
+    scale = graph_scale(model, parent, model_path)
     if max_drop is not None and max_drop < 0:
         raise UserError(f"--max-drop {max_drop}: expected a non-negative number of dB")
     calib = calib or default_set_name(scale, data_root)
@@ -189,7 +183,7 @@ def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defa
     options = QuantizeOptions(method=method, target=target, high_precision=high_precision,
                               exclude=tuple(exclude))
     calib_array = crops.array * value_range
-    quantized, record = quantize_model(model, calib_array, options)
+    quantized, q_record = quantize_model(model, calib_array, options)
     eval_crops, eval_manifest = _heldout_crops(calib, scale, data_root, crop_size, seed,
                                                heldout_crops)
     report: dict = {}
@@ -202,21 +196,19 @@ def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defa
                 options = QuantizeOptions(method=method, target=target,
                                           high_precision=high_precision,
                                           exclude=tuple(exclude), keep_float=kept)
-                quantized, record = quantize_model(model, calib_array, options)
+                quantized, q_record = quantize_model(model, calib_array, options)
     fp32_psnr = report.get("fp32_psnr", mean_psnr(dynamic_copy(model), eval_crops, value_range))
     int8_psnr = mean_psnr(dynamic_copy(quantized), eval_crops, value_range)
     scales = activation_scales(quantized)
-    meta = {
-        **{k: v for k, v in sidecar.items()
-           if k not in ("artifact", "sha256", "created", "command", "versions", "kind")},
-        "kind": "onnx-int8-qdq",
-        "parent": {"path": str(model_path), "sha256": sha256_file(model_path)},
-        "input_range": value_range,
+    record = derive(model_path, "onnx-int8-qdq", parent)
+    record.input_range, record.scale = value_range, scale
+    record.input_shape, record.output_shape = input_shape(quantized), output_shape(quantized)
+    record.sections.update({
         "calibration": {"set": dataset.describe(), "crops": crops.manifest["n_crops"],
                         "crop_size": crop_size, "seed": seed,
                         "crops_sha256": crops.manifest["sha256"],
                         "manifest": crops.manifest["crops"]},
-        "quantization": record,
+        "quantization": q_record,
         "global_pooling": has_global_pooling(model),
         "scales": {"activations": scales,
                    "activation_summary": _summary(list(scales.values())),
@@ -225,11 +217,10 @@ def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defa
                     "fp32_psnr": fp32_psnr, "int8_psnr": int8_psnr,
                     "drop": fp32_psnr - int8_psnr,
                     "protocol": "standard (Y, border = scale) on LR/HR crop pairs"},
-        "input_shape": input_shape(quantized),
-    }
+    })
     if report:
-        meta["sensitivity"] = report
-    return save_onnx(quantized, out, meta)
+        record.sections["sensitivity"] = report
+    return save_onnx(quantized, out, record)
 
 
 def _summary(values: list[float]) -> dict:
@@ -281,9 +272,5 @@ def train(out: str | Path, *, source: str = "official", variant: str = defaults.
     init = None
     if weights is not None:
         init = load_checkpoint(weights, source, variant, scale).model
-    record = run_training(source, variant, scale, train_set, val_set, out, TrainOptions(**recipe),
-                          init=init, resume=resume, progress=progress)
-    card = {"kind": "checkpoint", "model_card": True, **record, "init_weights": str(weights)
-            if weights else None, "versions": tool_versions()}
-    write_json(sidecar_path(out), card)
-    return card
+    return run_training(source, variant, scale, train_set, val_set, out, TrainOptions(**recipe),
+                        init=init, init_weights=weights, resume=resume, progress=progress)

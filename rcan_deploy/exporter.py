@@ -21,13 +21,13 @@ import torch
 from torch import nn
 
 from . import defaults
-from .artifacts import save_onnx
 from .checkpoints import ResolvedModel
 from .errors import UserError, VerificationError
 from .onnx_utils import input_shape, max_abs_error, output_shape, run, simplify
 from .passes.check import graph_report
 from .passes.meanshift import fold_meanshift
 from .passes.pixel_shuffle import FORMS, rewrite_pixel_shuffle
+from .record import Record, save_onnx
 
 PIXEL_SHUFFLE_CHOICES = ("keep", *FORMS)
 INPUT_RANGES = ("native", "1", "255")
@@ -157,5 +157,5 @@ def export(resolved: ResolvedModel, out: str | Path = defaults.FP32_ONNX,
            options: ExportOptions = ExportOptions()) -> ExportResult:
     """Export and write ``out`` and its JSON sidecar atomically; return the result."""
     result = export_model(resolved, options)
-    result.record = save_onnx(result.model, out, result.record)
+    result.record = save_onnx(result.model, out, Record.new(**result.record))
     return result

@@ -80,12 +80,11 @@ def simplify(model: onnx.ModelProto, shape: list[int] | None = None) -> onnx.Mod
     return simplified
 
 
-def graph_scale(model: onnx.ModelProto, sidecar: dict, name: str | Path) -> int:
-    """Upscaling factor of an SR graph: ``config.scale`` of its sidecar, else output H / input H
-    of a fixed-shape graph; a UserError naming ``name`` when neither tells."""
-    scale = (sidecar.get("config") or {}).get("scale")
-    if scale:
-        return int(scale)
+def graph_scale(model: onnx.ModelProto, record, name: str | Path) -> int:
+    """Upscaling factor of an SR graph: ``scale`` of its record, else output H / input H of a
+    fixed-shape graph; a UserError naming ``name`` when neither tells."""
+    if record is not None and record.scale:
+        return record.scale
     h_in, h_out = input_shape(model)[2], output_shape(model)[2]
     if not (isinstance(h_in, int) and isinstance(h_out, int) and h_in > 0 and h_out % h_in == 0):
         raise UserError(f"{name}: no sidecar with config.scale and the graph shape is dynamic, "

@@ -34,11 +34,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .artifacts import read_sidecar
 from .backends import Runner, get_runner
 from .data.io import read_image, to_float, to_uint8, write_image
 from .errors import UserError
 from .onnx_utils import graph_scale, input_shape, load_model
+from .record import read_record
 
 _WINDOW_OPS = ("Conv", "MaxPool", "AveragePool", "LpPool")
 _GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
@@ -334,9 +334,9 @@ def _record(path: str, padded: np.ndarray, tiles: int, overlap: int) -> dict:
 
 def _scale_and_range(model: onnx.ModelProto, model_path: str | Path) -> tuple[int, int]:
     """Scale (sidecar, else graph shapes) and input range (sidecar, else 1 with a warning)."""
-    sidecar = read_sidecar(model_path) or {}
-    scale = graph_scale(model, sidecar, model_path)
-    input_range = sidecar.get("input_range")
+    record = read_record(model_path)
+    scale = graph_scale(model, record, model_path)
+    input_range = record.input_range if record else None
     if input_range is None:
         warnings.warn(f"{model_path}: sidecar gives no input_range; assuming inputs in 0..1",
                       stacklevel=2)

@@ -21,12 +21,13 @@ from torch import nn
 from tqdm import tqdm
 
 from .archs import build_model, get_source, variant_config
-from .artifacts import atomic_path, sha256_file
+from .artifacts import atomic_path
 from .data.datasets import Dataset
 from .data.imresize import imresize
 from .data.io import to_uint8
 from .errors import UserError
 from .metrics import psnr, ssim
+from .record import Record, publish
 
 SCHEDULES = ("cosine", "step")
 
@@ -111,19 +112,21 @@ def evaluate_model(model: nn.Module, dataset: Dataset, native_range: int, stride
 
 
 def save_checkpoint(model: nn.Module, source: str, path: str | Path) -> None:
-    """Write the weights in the layout's own checkpoint format, atomically."""
+    """Write the weights in the layout's own checkpoint format (to a file :func:`publish`
+    renames into place)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"params": state} if source == "basicsr" else state
     if source == "rcan-pytorch":
         payload = {"state_dict": state}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    torch.save(payload, path)
 
 
 def train(source: str, variant: str, scale: int, train_set: Dataset, val_set: Dataset,
           out: str | Path, options: TrainOptions = TrainOptions(), init: nn.Module | None = None,
-          resume: bool = False, progress: bool = True) -> dict:
-    """Train ``variant`` in layout ``source``; write the checkpoint and return the training record."""
+          init_weights: str | Path | None = None, resume: bool = False,
+          progress: bool = True) -> dict:
+    """Train ``variant`` in layout ``source``; publish the checkpoint with its model card (the
+    sidecar: recipe, time, validation history, held-out PSNR/SSIM) and return the card."""
     if options.schedule not in SCHEDULES:
         raise UserError(f"--schedule {options.schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if not Path(out).parent.is_dir():
@@ -185,14 +188,16 @@ def train(source: str, variant: str, scale: int, train_set: Dataset, val_set: Da
         else:
             bar.set_postfix(loss=f"{running:.4f}")
     model.eval()
-    save_checkpoint(model, source, out)
     final = evaluate_model(model, val_set, native, stride, device)
-    return {"source": source, "variant": variant, "scale": scale, "config": config.as_dict(),
-            "recipe": {**asdict(options), "loss": "L1", "optimizer": "Adam",
-                       "augment": "flips + 90-degree rotations", "device": device.type},
-            "train_set": train_set.describe(), "val_set": val_set.describe(),
-            "seconds": time.perf_counter() - started, "history": history, "heldout": final,
-            "checkpoint": {"path": Path(out).name, "sha256": sha256_file(out)}}
+    card = Record.new(
+        "checkpoint", source=source, variant=variant, config=config.as_dict(),
+        native_input_range=native, input_range=native, model_card=True,
+        recipe={**asdict(options), "loss": "L1", "optimizer": "Adam",
+                "augment": "flips + 90-degree rotations", "device": device.type},
+        train_set=train_set.describe(), val_set=val_set.describe(),
+        seconds=time.perf_counter() - started, history=history, heldout=final,
+        init_weights=str(init_weights) if init_weights else None)
+    return publish(out, card, lambda tmp: save_checkpoint(model, source, tmp))
 
 
 def _save_state(path: Path, model, optimizer, scheduler, rng, step: int, history: list) -> None:

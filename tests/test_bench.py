@@ -1,6 +1,7 @@
 """Bench harness, report and CI gate on a tiny 64x96 graph (random weights: poor absolute PSNR,
 fine for structure) and its INT8 QDQ graph."""
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -14,7 +15,7 @@ from onnx import numpy_helper
 
 import rcan_deploy
 from rcan_deploy.benchmark import BenchResult, bench, gate
-from rcan_deploy.benchmark.chain import find_fp32_reference
+from rcan_deploy.record import lineage
 from rcan_deploy.cli import main
 from rcan_deploy.cli.bench_commands import bench_command, gate_command
 from rcan_deploy.cli.commands import cli
@@ -120,7 +121,7 @@ def test_reference_found_through_the_sidecar_chain(good, graphs, tmp_path, monke
     fp32, int8 = graphs
     assert result.reference["path"] == str(fp32) and result.reference["precision"] == "fp32"
     assert result.provenance["reference_found_by"] == "sidecar chain"
-    assert find_fp32_reference(int8) == fp32 and find_fp32_reference(fp32) == fp32
+    assert lineage(int8)[-1].path == fp32 and lineage(fp32)[-1].path == fp32
     # a relative parent path is also looked up next to the child
     moved = tmp_path / "moved"
     moved.mkdir()
@@ -131,10 +132,10 @@ def test_reference_found_through_the_sidecar_chain(good, graphs, tmp_path, monke
     (moved / f"{int8.name}.json").write_text(json.dumps(sidecar))
     shutil.copy(f"{fp32}.json", moved / f"{fp32.name}.json")
     monkeypatch.chdir(tmp_path)
-    assert find_fp32_reference(moved / int8.name) == moved / fp32.name
+    assert lineage(moved / int8.name)[-1].path == moved / fp32.name
     (moved / fp32.name).unlink()
     with pytest.raises(UserError, match=f"parent {fp32.name} does not exist"):
-        find_fp32_reference(moved / int8.name)
+        lineage(moved / int8.name)
 
 
 def test_torch_runner_rebuilds_the_fp32_network(graphs):
@@ -167,7 +168,9 @@ def _damage(int8: Path, out: Path) -> None:
         tensor = initializers[name]
         tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * 8, name))
     onnx.save(model, out)
-    shutil.copy(f"{int8}.json", f"{out}.json")
+    sidecar = json.loads(Path(f"{int8}.json").read_text())
+    sidecar["sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()  # a consistent pair
+    Path(f"{out}.json").write_text(json.dumps(sidecar))
 
 
 def test_gate_exit_codes(good, graphs, tmp_path, capsys):
@@ -210,7 +213,8 @@ def test_bench_engine_without_tensorrt_is_one_line(graphs, tmp_path, capsys):
         pytest.skip("TensorRT is installed here")
     engine = tmp_path / "rcan_int8.plan"
     engine.write_bytes(b"not an engine")
-    sidecar = {"kind": "tensorrt-engine", "precision": "int8",
+    sidecar = {"schema_version": 1, "kind": "tensorrt-engine", "precision": "int8",
+               "sha256": hashlib.sha256(b"not an engine").hexdigest(),
                "parent": {"path": str(graphs[1])}}
     Path(f"{engine}.json").write_text(json.dumps(sidecar))
     code = main(["bench", "--engine", str(engine), "--limit", "1", "--out", str(tmp_path / "r")])

@@ -187,7 +187,7 @@ def test_engine_sidecar_record(tiny):
           "outputs": [{"name": "output", "shape": [1, 3, 64, 96], "dtype": "float32"}]}
     options = BuildOptions(precision="fp16", workspace_mb=512, timing_cache="cache.bin")
     record = engine_record(options, network_plan("fp16", False, True), path, "10.13.3", GPU, io,
-                           12.345)
+                           12.345).to_json()
     parent = json.loads((path.parent / "rcan.onnx.json").read_text())
     assert record["kind"] == "tensorrt-engine" and record["precision"] == "fp16"
     assert record["parent"]["path"] == str(path) and record["parent"]["kind"] == "onnx-fp32"
@@ -209,7 +209,7 @@ def test_mismatch_error_names_both_builds(tmp_path):
     assert "TensorRT 11.4.0 on NVIDIA H100 80GB HBM3 (sm 9.0)" in message
     assert "no sidecar" in message and "(version tag mismatch)" in message
     write_json(tmp_path / "rcan_int8.plan.json",
-               {"tensorrt": {"version": "10.13.3"},
+               {"kind": "tensorrt-engine", "tensorrt": {"version": "10.13.3"},
                 "gpu": {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}})
     message = str(mismatch_error(engine, "11.4.0", GPU, None))
     assert "built with TensorRT 10.13.3 on NVIDIA GeForce RTX 4090 (sm 8.9)" in message

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rcan_deploy import tiling as up
-from rcan_deploy.artifacts import save_onnx
+from rcan_deploy.record import Record, save_onnx
 from rcan_deploy.backends import RUNTIMES, OnnxRuntimeRunner, get_runner
 from rcan_deploy.backends.base import import_optional
 from rcan_deploy.errors import UserError
@@ -256,7 +256,7 @@ def test_runner_errors(tmp_path):
 def test_upscale_files_writes_pngs_and_records(plain, tmp_path):
     _, fixed = plain
     model_path = tmp_path / "sr.onnx"
-    save_onnx(fixed, model_path, {"input_range": 1, "config": {"scale": 2}})
+    save_onnx(fixed, model_path, Record("onnx-fp32", scale=2, input_range=1))
     images = []
     for name, (h, w) in {"small": (20, 30), "exact": TILE, "large": (40, 50)}.items():
         path = tmp_path / f"{name}.png"

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..artifacts import command_line, read_sidecar, sidecar_path, tool_versions
+from ..artifacts import command_line, sidecar_path, tool_versions
 from ..backends import Runner, get_runner
 from ..data import get_dataset, imresize, to_uint8
 from ..data.datasets import default_set_name
@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..metrics import PROTOCOLS, evaluate
 from ..onnx_utils import input_shape, load_model
 from ..tiling import ReceptiveField, receptive_field, upscale
-from .chain import artifact_chain, chain_value, parent_file
+from ..record import Link, chain_value, lineage, parent_file, read_record
 
 PROTOCOL_CHOICES = (*PROTOCOLS, "both")
 ENGINE_SUFFIXES = (".plan", ".engine")
@@ -46,7 +46,7 @@ class Subject:
     path: Path
     runtime: str
     onnx_path: Path  # the graph itself, or the ONNX an engine was built from
-    chain: list[tuple[Path, dict]]
+    chain: list[Link]
     graph_hw: tuple[int, int]
     scale: int
     input_range: int
@@ -58,12 +58,13 @@ class Subject:
         return f"{self.precision.upper()} ({self.runtime})"
 
     def describe(self) -> dict:
-        sidecar = self.chain[0][1]
-        return {"path": str(self.path), "runtime": self.runtime, "kind": sidecar.get("kind"),
+        record = self.chain[0].record
+        return {"path": str(self.path), "runtime": self.runtime,
+                "kind": record.kind if record else None,
                 "precision": self.precision, "label": self.label, "onnx": str(self.onnx_path),
                 "graph_shape": [1, 3, *self.graph_hw], "scale": self.scale,
                 "input_range": self.input_range, "global_pooling": self.field.global_pooling,
-                "sha256": sidecar.get("sha256")}
+                "sha256": record.sha256 if record else None}
 
 
 @dataclass
@@ -145,8 +146,8 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
         rows, worst = _quality(subjects, runners, pairs, protocols, chosen, progress)
         latency = {s.role: _latency(r, s, warmup, repeat) for s, r in zip(subjects, runners)}
     costs = {s.role: _costs(s) for s in subjects}
-    artifacts = {str(p): side for s in subjects for p, side in s.chain}
-    artifacts.update({str(p): side for p, side in discovered})
+    artifacts = {str(link.path): link.record.to_json() if link.record else None
+                 for link in [*(l for s in subjects for l in s.chain), *discovered]}
     result = BenchResult(
         candidate=candidate.describe(), reference=ref.describe() if ref else None,
         model={"source": chain_value(candidate.chain, "source"),
@@ -189,24 +190,24 @@ def _subject(role: str, path: str | Path, runtime: str, scale: int | None) -> Su
             "--engine" if runtime == "tensorrt" else "--model")
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such file")
-    sidecar = read_sidecar(path)
-    if sidecar is None:
+    record = read_record(path)
+    if record is None:
         raise UserError(f"{flag} {path}: no sidecar {sidecar_path(path).name} (bench needs the "
                         "scale, input range and provenance it records)")
-    chain = [(path, sidecar)]
+    chain = [Link(path, record)]
     onnx_path = path
     if runtime == "tensorrt":
-        if "parent" not in sidecar:
+        if record.parent is None:
             raise UserError(f"{sidecar_path(path)}: no parent entry naming the engine's ONNX")
-        onnx_path = parent_file(path, sidecar["parent"])
-        chain.append((onnx_path, read_sidecar(onnx_path) or {}))
+        onnx_path = parent_file(path, record.parent)
+        chain.append(Link(onnx_path, read_record(onnx_path)))
     graph = load_model(onnx_path)
     recorded_shape = chain_value(chain, "input_shape") if runtime == "tensorrt" else None
     shape = recorded_shape or input_shape(graph)
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
         raise UserError(f"{flag} {path}: input shape {shape} is not fixed; bench needs a "
                         "fixed-shape graph (export --shape HxW)")
-    recorded = (chain_value(chain, "config") or {}).get("scale")
+    recorded = chain_value(chain, "scale")
     if scale is not None and recorded is not None and int(recorded) != scale:
         other = "--scale" if role == "candidate" else "the candidate"
         raise UserError(f"{flag} {path}: its sidecar says x{recorded}, {other} x{scale}")
@@ -215,7 +216,7 @@ def _subject(role: str, path: str | Path, runtime: str, scale: int | None) -> Su
     input_range = chain_value(chain, "input_range")
     if input_range is None:
         raise UserError(f"{sidecar_path(path)}: no input_range (1 or 255) recorded")
-    precision = sidecar.get("precision") or _PRECISIONS.get(sidecar.get("kind"), "unknown")
+    precision = record.sections.get("precision") or _PRECISIONS.get(record.kind, "unknown")
     if runtime == "torch":  # TorchRunner always runs the FP32 network behind the graph
         precision = "fp32"
     return Subject(role, path, runtime, onnx_path, chain, (shape[2], shape[3]),
@@ -224,15 +225,15 @@ def _subject(role: str, path: str | Path, runtime: str, scale: int | None) -> Su
 
 
 def _reference(candidate: Subject, reference: str | Path | None
-               ) -> tuple[Subject | None, list[tuple[Path, dict]]]:
+               ) -> tuple[Subject | None, list[Link]]:
     """The reference subject and the sidecar chain walked to find it (empty when given)."""
     onnx_runtime = candidate.runtime if candidate.runtime in ("ort", "openvino") else "ort"
     if reference is not None:
         path = Path(reference)
         runtime = "tensorrt" if path.suffix in ENGINE_SUFFIXES else onnx_runtime
         return _subject("reference", path, runtime, candidate.scale), []
-    chain = artifact_chain(candidate.path)
-    fp32 = chain[-1][0]
+    chain = lineage(candidate.path)
+    fp32 = chain[-1].path
     if fp32.resolve() == candidate.path.resolve():
         return None, []
     return _subject("reference", fp32, onnx_runtime, candidate.scale), chain

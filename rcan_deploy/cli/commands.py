@@ -149,8 +149,8 @@ def info(model, as_json, shape) -> None:
 @cli.command()
 def variants() -> None:
     """List the checkpoint layouts, named variants and shipped checkpoints (with their cards)."""
-    from ..artifacts import read_sidecar
     from ..checkpoints import shipped_checkpoint
+    from ..record import read_record
 
     click.echo("sources:")
     for source in SOURCES.values():
@@ -163,13 +163,13 @@ def variants() -> None:
         path = shipped_checkpoint(name, defaults.SCALE)
         if path is None:
             continue
-        card = read_sidecar(path) or {}
-        held = card.get("heldout", {})
+        card = read_record(path)
+        held = (card.sections.get("heldout") if card else None) or {}
         click.echo(f"  {name} x{defaults.SCALE}: {path.name}; held-out PSNR "
                    f"{held.get('psnr', float('nan')):.3f} dB vs bicubic "
                    f"{held.get('bicubic_psnr', float('nan')):.3f} dB "
                    f"({held.get('gain_db', float('nan')):+.3f}), trained "
-                   f"{card.get('seconds', 0) / 60:.0f} min")
+                   f"{(card.sections.get('seconds') or 0) / 60:.0f} min")
 
 
 @cli.command()

@@ -13,10 +13,8 @@ Precisions (TensorRT 11 has no FP16/INT8 builder flags, so precision lives in th
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,10 +22,10 @@ from typing import Any
 import onnx
 
 from .. import defaults
-from ..artifacts import (atomic_path, command_line, read_sidecar, sha256_file, sidecar_path,
-                         tool_versions, write_json)
+from ..artifacts import atomic_path
 from ..errors import UserError
 from ..onnx_utils import input_shape, load_model
+from ..record import Record, derive, publish, read_record
 from . import require_cudart, require_tensorrt
 from .device import current_gpu
 from .engine import dtype_name, trt_logger
@@ -35,8 +33,6 @@ from .engine import dtype_name, trt_logger
 PRECISIONS = ("int8", "fp32", "fp16", "best")
 PROFILE_VERBOSITIES = ("layer_names_only", "detailed", "none")
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-# What an engine inherits from its ONNX parent's sidecar (what the network is, its value range).
-_INHERITED = ("source", "variant", "config", "native_input_range", "weights", "input_range")
 _EXTRA_VERSIONS = ("tensorrt", "cuda-python", "cuda-bindings", "nvidia-modelopt")
 
 
@@ -125,17 +121,13 @@ def parser_failure(path: Path, errors: list) -> UserError:
 
 def engine_record(options: BuildOptions, plan: NetworkPlan, onnx_path: Path,
                   tensorrt_version: str, gpu: dict[str, Any], io: dict[str, list[dict]],
-                  seconds: float) -> dict[str, Any]:
-    """The sidecar fields of an engine (without the standard artifact fields)."""
-    parent = read_sidecar(onnx_path) or {}
-    return {
-        **{key: parent[key] for key in _INHERITED if key in parent},
-        "kind": "tensorrt-engine",
+                  seconds: float) -> Record:
+    """The record of an engine built from ``onnx_path`` (derived from the graph's record)."""
+    record = derive(onnx_path, "tensorrt-engine", read_record(onnx_path))
+    record.input_shape = io["inputs"][0]["shape"]
+    record.output_shape = io["outputs"][0]["shape"]
+    record.sections.update({
         "precision": options.precision,
-        "parent": {"path": str(onnx_path), "sha256": sha256_file(onnx_path),
-                   "kind": parent.get("kind", "onnx")},
-        "input_shape": io["inputs"][0]["shape"],
-        "output_shape": io["outputs"][0]["shape"],
         **io,
         "tensorrt": {"version": tensorrt_version},
         "gpu": {"name": gpu["name"], "compute_capability": gpu["compute_capability"]},
@@ -144,7 +136,8 @@ def engine_record(options: BuildOptions, plan: NetworkPlan, onnx_path: Path,
                   "profile_verbosity": options.profile_verbosity,
                   "strongly_typed": plan.strongly_typed, "builder_flags": list(plan.set_flags),
                   "graph": "fp16 copy (modelopt autocast)" if plan.fp16_copy else "as is"},
-    }
+    })
+    return record
 
 
 def build_engine(onnx_path: str | Path = defaults.INT8_ONNX, out: str | Path | None = None, *,
@@ -167,17 +160,10 @@ def build_engine(onnx_path: str | Path = defaults.INT8_ONNX, out: str | Path | N
     flags = all(hasattr(trt.BuilderFlag, name) for name in ("FP16", "INT8"))
     plan = network_plan(precision, has_qdq(model), flags)
     start = time.perf_counter()
-    with atomic_path(out) as tmp:
-        serialized, io = _build(trt, onnx_path, model, plan, options)
-        record = engine_record(options, plan, onnx_path, trt.__version__, gpu, io,
-                               time.perf_counter() - start)
-        tmp.write_bytes(serialized)
-        sidecar = {"artifact": out.name, "sha256": sha256_file(tmp),
-                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "command": command_line(), **record, "versions": tool_versions(_EXTRA_VERSIONS)}
-        sidecar = json.loads(json.dumps(sidecar, default=str))  # what readers will see
-        write_json(sidecar_path(out), sidecar)
-    return sidecar
+    serialized, io = _build(trt, onnx_path, model, plan, options)
+    record = engine_record(options, plan, onnx_path, trt.__version__, gpu, io,
+                           time.perf_counter() - start)
+    return publish(out, record, lambda tmp: tmp.write_bytes(serialized), _EXTRA_VERSIONS)
 
 
 def _build(trt: ModuleType, path: Path, model: onnx.ModelProto, plan: NetworkPlan,

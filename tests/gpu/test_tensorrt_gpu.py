@@ -119,7 +119,7 @@ def test_unloadable_engines_are_one_line_user_errors(tmp_path):
     garbage = tmp_path / "garbage.plan"
     garbage.write_bytes(b"not an engine" * 64)
     garbage.with_name("garbage.plan.json").write_text(json.dumps(
-        {"tensorrt": {"version": "9.9.9"}, "gpu": {"name": "Other GPU",
+        {"kind": "tensorrt-engine", "tensorrt": {"version": "9.9.9"}, "gpu": {"name": "Other GPU",
                                                    "compute_capability": "7.5"}}))
     with pytest.raises(UserError, match="cannot load this engine.*built with TensorRT 9.9.9 on "
                                         r"Other GPU \(sm 7.5\)") as info:

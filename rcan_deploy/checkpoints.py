@@ -246,6 +246,25 @@ def convert_official(resolved: "ResolvedModel", target: str) -> nn.Module:
     return model
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network a command works on: a checkpoint (``weights``, any layout; ``source``,
+    ``variant`` and ``scale`` are checks), or a named variant with its shipped checkpoint, or
+    seeded random weights."""
+
+    source: str | None = None
+    variant: str | None = None
+    scale: int | None = None
+    weights: str | Path | None = None
+    random_weights: bool = False
+    param_key: str | None = None
+    seed: int = 0
+
+    def resolve(self) -> "ResolvedModel":
+        return resolve_model(self.source, self.variant, self.scale, self.weights,
+                             self.random_weights, self.param_key, self.seed)
+
+
 def resolve_model(source: str | None = None, variant: str | None = None,
                   scale: int | None = None, weights: str | Path | None = None,
                   random_weights: bool = False, param_key: str | None = None,

@@ -22,3 +22,9 @@ OUTPUT_NAME = "output"
 # swapped axes are caught; even so that stride-2 heads divide it).
 TRACE_SHAPE = (32, 48)
 VERIFY_SHAPE = (40, 56)
+
+
+def progress_off(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for a ``progress`` argument: None (the default) shows a bar only when
+    stderr is a terminal, so piped and CI runs print no bar."""
+    return None if progress is None else not progress

@@ -18,7 +18,7 @@ FALLBACK_MAX_DROP = 0.05
 
 
 def demo(out_dir: str | Path = "rcan_deploy_demo", *, runtime: str = "openvino",
-         progress: bool = True, echo: Callable[[str], None] = print) -> dict:
+         progress: bool | None = None, echo: Callable[[str], None] = print) -> dict:
     """Run the whole pipeline on the bundled model and images; return paths, bench and gate."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -30,7 +30,7 @@ def demo(out_dir: str | Path = "rcan_deploy_demo", *, runtime: str = "openvino",
     api.rewrite(fp32, rewritten, pixel_shuffle="convtranspose")
     echo(f"[3/5] INT8 PTQ on samples crops, max calibration, fallback to <= {FALLBACK_MAX_DROP} dB"
          f" -> {int8}")
-    quantized = api.quantize(rewritten, int8, calib="samples", max_drop=FALLBACK_MAX_DROP,
+    quantized = api.quantize(rewritten, int8, dataset="samples", max_drop=FALLBACK_MAX_DROP,
                              progress=progress)
     echo(f"[4/5] bench INT8 vs FP32 on the held-out samples ({runtime}) -> {report_dir}")
     result = bench(model=int8, runtime=runtime, reference=rewritten, dataset="samples",

@@ -21,13 +21,15 @@ from torch import nn
 from tqdm import tqdm
 
 from .archs import build_model, get_source, variant_config
-from .artifacts import atomic_path
+from . import defaults
+from .artifacts import atomic_path, check_destination
 from .data.datasets import Dataset
 from .data.imresize import imresize
 from .data.io import to_uint8
 from .errors import UserError
 from .metrics import psnr, ssim
 from .record import Record, publish
+from .defaults import progress_off
 
 SCHEDULES = ("cosine", "step")
 
@@ -39,11 +41,41 @@ class TrainOptions:
     steps: int = 3000
     batch_size: int = 16
     patch_size: int = 48  # LR pixels
-    lr: float = 5e-4
+    learning_rate: float = 5e-4
     schedule: str = "cosine"
     step_every: int = 1000  # step schedule: halve the rate every this many steps
     val_every: int = 500
     seed: int = 0
+
+    def check(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+                and self.learning_rate > 0):
+            raise UserError(f"--learning-rate {self.learning_rate}: expected a positive number")
+        for flag, value, low in (("--steps", self.steps, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--patch-size", self.patch_size, 8),
+                                 ("--val-every", self.val_every, 1),
+                                 ("step_every", self.step_every, 1), ("--seed", self.seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"{flag} {value!r}: expected an integer >= {low}")
+        if self.seed >= 2**32:
+            raise UserError(f"--seed {self.seed}: expected an integer below 2**32")
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What to train and on what: layout and variant of the checkpoint to write, the training
+    and validation sets, an optional checkpoint to fine-tune, whether to resume."""
+
+    source: str = "official"
+    variant: str = defaults.VARIANT
+    scale: int = defaults.SCALE
+    dataset: str = "samples"
+    val_dataset: str | None = None  # default: the samples held-out split
+    data_root: str | None = None
+    weights: str | None = None
+    resume: bool = False
 
 
 @dataclass
@@ -124,13 +156,11 @@ def save_checkpoint(model: nn.Module, source: str, path: str | Path) -> None:
 def train(source: str, variant: str, scale: int, train_set: Dataset, val_set: Dataset,
           out: str | Path, options: TrainOptions = TrainOptions(), init: nn.Module | None = None,
           init_weights: str | Path | None = None, resume: bool = False,
-          progress: bool = True) -> dict:
+          progress: bool | None = None) -> dict:
     """Train ``variant`` in layout ``source``; publish the checkpoint with its model card (the
     sidecar: recipe, time, validation history, held-out PSNR/SSIM) and return the card."""
-    if options.schedule not in SCHEDULES:
-        raise UserError(f"--schedule {options.schedule!r}: expected one of {', '.join(SCHEDULES)}")
-    if not Path(out).parent.is_dir():
-        raise UserError(f"--out {out}: folder {Path(out).parent} does not exist")
+    options.check()
+    check_destination(out, [init_weights])
     config = variant_config(variant, scale)
     stride = config.head_stride
     if options.patch_size % stride:
@@ -149,7 +179,7 @@ def train(source: str, variant: str, scale: int, train_set: Dataset, val_set: Da
     images = [(lr, hr) for lr, hr in images if min(lr.shape[:2]) >= options.patch_size]
     if not images:
         raise UserError(f"{train_set.name}: no image has an LR side of {options.patch_size} px")
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=options.lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=options.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(options))
     rng = np.random.default_rng(options.seed)
     history: list[dict] = []
@@ -167,7 +197,7 @@ def train(source: str, variant: str, scale: int, train_set: Dataset, val_set: Da
         start_step, history = state["step"], state["history"]
     started = time.perf_counter()
     bar = tqdm(range(start_step, options.steps), initial=start_step, total=options.steps,
-               desc=f"train {variant} x{scale}", disable=not progress)
+               desc=f"train {variant} x{scale}", disable=progress_off(progress))
     running = None
     for step in bar:
         lr_batch, hr_batch = _patches(images, options, scale, rng)
@@ -205,3 +235,28 @@ def _save_state(path: Path, model, optimizer, scheduler, rng, step: int, history
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(), "step": step, "history": history}, tmp)
+
+
+def train_files(out: str | Path, options: TrainOptions, job: TrainJob,
+                progress: bool | None = None) -> dict:
+    """Train ``job`` with the recipe ``options``; write the checkpoint and its model card."""
+    from .archs import canonical_variant
+    from .checkpoints import load_checkpoint
+    from .data.datasets import get_dataset
+
+    options.check()
+    variant = canonical_variant(job.variant)
+    check_destination(out, [job.weights])
+    if job.val_dataset is None and job.dataset != "samples":
+        raise UserError("--val-dataset is required unless --dataset samples (which has a "
+                        "held-out split)")
+    val_name = job.val_dataset or job.dataset
+    train_set = get_dataset(job.dataset, job.scale, job.data_root,
+                            split="train" if job.dataset == "samples" else None)
+    val_set = get_dataset(val_name, job.scale, job.data_root,
+                          split="heldout" if val_name == "samples" else None)
+    init = None
+    if job.weights is not None:
+        init = load_checkpoint(job.weights, job.source, variant, job.scale).model
+    return train(job.source, variant, job.scale, train_set, val_set, out, options, init=init,
+                 init_weights=job.weights, resume=job.resume, progress=progress)

@@ -37,7 +37,7 @@ def graphs(tmp_path_factory):
     fp32, int8 = folder / "rcan.onnx", folder / "rcan_int8.onnx"
     rcan_deploy.export(fp32, source="official", variant="rcan2-sr4k", random_weights=True,
                        shape=(64, 96))
-    rcan_deploy.quantize(fp32, int8, calib="samples", calib_crops=8, crop_size=48,
+    rcan_deploy.quantize(fp32, int8, dataset="samples", calib_crops=8, crop_size=48,
                          heldout_crops=4, progress=False)
     return fp32, int8
 

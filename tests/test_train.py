@@ -11,7 +11,7 @@ from rcan_deploy.checkpoints import (convert_official, load_checkpoint, resolve_
 from rcan_deploy.data.datasets import Dataset, get_dataset
 from rcan_deploy.training import TrainOptions, evaluate_model, train
 
-TINY = TrainOptions(steps=30, batch_size=4, patch_size=16, lr=1e-3, val_every=10, seed=1)
+TINY = TrainOptions(steps=30, batch_size=4, patch_size=16, learning_rate=1e-3, val_every=10, seed=1)
 
 
 @pytest.fixture(scope="module")

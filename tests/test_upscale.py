@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from rcan_deploy import tiling as up
+from rcan_deploy import graph_analysis, upscale as up
 from rcan_deploy.record import Record, save_onnx
 from rcan_deploy.backends import RUNTIMES, OnnxRuntimeRunner, get_runner
 from rcan_deploy.backends.base import import_optional
@@ -111,8 +111,8 @@ def strided():
 @pytest.mark.parametrize("builder, margin, stride", [(plain_sr, 3, 1), (strided_sr, 6, 2)])
 def test_receptive_margin_matches_perturbation(builder, margin, stride):
     dynamic = export(builder())
-    assert up.receptive_margin(dynamic) == (margin, False)
-    assert up.receptive_field(export(builder(), (48, 64))).stride == stride
+    assert graph_analysis.receptive_margin(dynamic) == (margin, False)
+    assert graph_analysis.receptive_field(export(builder(), (48, 64))).stride == stride
     assert measured_margin(dynamic, 2) == margin
 
 
@@ -120,14 +120,14 @@ def test_receptive_margin_matches_perturbation(builder, margin, stride):
 def test_receptive_margin_same_for_every_pixel_shuffle_form(plain, form):
     rewritten, count = rewrite_pixel_shuffle(plain[1], form)
     assert count == 1
-    assert up.receptive_margin(rewritten) == (3, False)
+    assert graph_analysis.receptive_margin(rewritten) == (3, False)
 
 
 @pytest.mark.parametrize("pool, flagged",
                          [("adaptive", True), ("mean_hw", True), ("mean_c", False)])
 def test_global_pooling_is_flagged(pool, flagged):
     model = export(attention_sr(pool), TILE)
-    assert up.receptive_margin(model) == (1, flagged)
+    assert graph_analysis.receptive_margin(model) == (1, flagged)
 
 
 def test_fit_path_is_one_plain_run(plain):

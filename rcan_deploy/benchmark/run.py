@@ -1,7 +1,7 @@
 """Benchmark a candidate (INT8 graph, engine, any ONNX SR graph) against its FP32 reference.
 
 Every image of the data set is super-resolved at the graph's fixed shape through
-:func:`rcan_deploy.tiling.upscale` (fit, pad or tile, recorded per image) by the candidate, the
+:func:`rcan_deploy.upscale.upscale` (fit, pad or tile, recorded per image) by the candidate, the
 reference and MATLAB bicubic; PSNR/SSIM are computed in the chosen protocol(s). Latency is timed
 at the graph's fixed shape on a random input. FLOPs and params come from the ONNX graph (for an
 engine, the ONNX it was built from).
@@ -26,8 +26,10 @@ from ..data.datasets import default_set_name
 from ..errors import UserError
 from ..metrics import PROTOCOLS, evaluate
 from ..onnx_utils import input_shape, load_model
-from ..tiling import ReceptiveField, receptive_field, upscale
+from ..graph_analysis import ReceptiveField, receptive_field
+from ..upscale import upscale
 from ..record import Link, chain_value, lineage, parent_file, read_record
+from ..defaults import progress_off
 
 PROTOCOL_CHOICES = (*PROTOCOLS, "both")
 ENGINE_SUFFIXES = (".plan", ".engine")
@@ -118,7 +120,7 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
           dataset: str | None = None, scale: int | None = None, protocol: str = "standard",
           limit: int | None = None, warmup: int = 1, repeat: int = 3,
           data_root: str | Path | None = None, out: str | Path | None = None,
-          progress: bool = True) -> BenchResult:
+          progress: bool | None = None) -> BenchResult:
     """Measure quality and latency of ``engine`` (TensorRT) or ``model`` (ONNX on ``runtime``:
     ort by default, openvino, torch) against ``reference`` (default: the FP32 graph found
     through the sidecars; none for an FP32 candidate). ``dataset`` defaults to div2k_valid when
@@ -258,10 +260,7 @@ def _quality(subjects: list[Subject], runners: list[Runner], pairs, protocols: l
     has_reference = len(subjects) > 1
     rows: list[dict] = []
     worst: WorstCrop | None = None
-    if progress:
-        print(f"dataset: {chosen}, {len(pairs)} images, protocol {', '.join(protocols)}",
-              file=sys.stderr)
-    bar = tqdm(pairs, desc="bench", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(pairs, desc="bench", unit="img", disable=progress_off(progress), file=sys.stderr)
     scale = subjects[0].scale
     for pair in bar:
         lr, hr = pair.load()
@@ -346,5 +345,3 @@ def _costs(subject: Subject) -> dict:
     from ..costs import model_info
 
     return {"onnx": str(subject.onnx_path), **model_info(load_model(subject.onnx_path))}
-
-

@@ -175,7 +175,7 @@ def variants() -> None:
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False), default=defaults.FP32_ONNX,
                 required=False)
-@click.option("--calib", default=None, metavar="NAME|DIR",
+@click.option("--calib", "dataset", default=None, metavar="NAME|DIR",
               help="Calibration set: div2k_valid, div2k_train, samples, or a folder of images. "
                    "Default: div2k_valid when present, else samples (training split).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
@@ -281,7 +281,8 @@ def data_fetch(name, data_root, lr_scales) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--patch-size", type=click.IntRange(min=8), default=48, show_default=True,
               help="LR patch size.")
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Adam learning rate.")
+@click.option("--lr", "learning_rate", type=float, default=5e-4, show_default=True,
+              help="Adam learning rate.")
 @click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine",
               show_default=True)
 @click.option("--val-every", type=click.IntRange(min=1), default=500, show_default=True)

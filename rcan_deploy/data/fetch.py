@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from .datasets import DIV2K_SETS, default_data_root, set_definitions
+from ..defaults import progress_off
 
 DIV2K_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
 _CHUNK = 1 << 20
@@ -55,7 +56,7 @@ def _download_attempt(url: str, part: Path, size: int, progress: bool) -> None:
                             "(is the checksum table out of date?)")
         with open(part, "ab" if have else "wb") as handle, \
                 tqdm(total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                     desc=part.name[: -len(".part")], disable=not progress) as bar:
+                     desc=part.name[: -len(".part")], disable=progress_off(progress)) as bar:
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 handle.write(chunk)
                 bar.update(len(chunk))
@@ -129,7 +130,7 @@ def _extract(archive: Path, div2k_dir: Path, expected: str) -> None:
 
 
 def fetch_div2k(name: str, data_root: str | Path | None = None, base_url: str = DIV2K_BASE_URL,
-                progress: bool = True, lr_scales: Iterable[int] = (),
+                progress: bool | None = None, lr_scales: Iterable[int] = (),
                 checksums: dict[str, dict[str, object]] | None = None, attempts: int = 3) -> Path:
     """Download and extract ``div2k_valid`` or ``div2k_train`` (HR, plus LR bicubic ``lr_scales``).
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -38,7 +39,9 @@ from typing import Iterator
 import numpy as np
 import onnx
 
+from ..data.crops import DEFAULT_CROP_SIZE, DEFAULT_N_CROPS, DEFAULT_SEED
 from ..errors import UserError
+from ..record import INPUT_RANGES
 from ..onnx_utils import input_shape, ort_session, run
 from .graph import activation_scales, dynamic_copy, fix_spatial_shape, quantized_layers
 
@@ -50,13 +53,23 @@ PERCENTILE = 99.999
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    """How to quantize; ``exclude`` holds regexes of node names kept in higher precision."""
+    """How to quantize: the calibration set and crops, the PTQ method and target, what stays in
+    higher precision (``exclude`` regexes, ``keep_float`` exact names), the held-out check."""
 
+    dataset: str | None = None  # name or folder; None: div2k_valid when present, else samples
+    data_root: str | None = None
+    calib_crops: int = DEFAULT_N_CROPS
+    crop_size: int = DEFAULT_CROP_SIZE
+    seed: int = DEFAULT_SEED
     method: str = "max"
     target: str = "tensorrt"
     high_precision: str = "fp32"
     exclude: tuple[str, ...] = ()
     keep_float: tuple[str, ...] = field(default=())  # exact node names (sensitivity fallback)
+    sensitivity: bool = False
+    max_drop: float | None = None
+    heldout_crops: int = 16
+    input_range: int | None = None  # of a graph without sidecar
 
     def check(self) -> None:
         for flag, value, choices in (("--method", self.method, METHODS),
@@ -64,6 +77,17 @@ class QuantizeOptions:
                                      ("--high-precision", self.high_precision, HIGH_PRECISIONS)):
             if value not in choices:
                 raise UserError(f"{flag} {value!r}: expected one of {', '.join(choices)}")
+        for flag, value, low in (("--calib-crops", self.calib_crops, 1),
+                                 ("--crop-size", self.crop_size, 8), ("--seed", self.seed, 0),
+                                 ("heldout_crops", self.heldout_crops, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"{flag} {value!r}: expected an integer >= {low}")
+        if self.max_drop is not None and not (isinstance(self.max_drop, (int, float))
+                                              and math.isfinite(self.max_drop)
+                                              and self.max_drop >= 0):
+            raise UserError(f"--max-drop {self.max_drop}: expected a non-negative number of dB")
+        if self.input_range not in (None, *INPUT_RANGES):
+            raise UserError(f"--input-range {self.input_range}: expected 1 or 255")
         for pattern in self.exclude:
             try:
                 re.compile(pattern)

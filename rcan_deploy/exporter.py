@@ -30,7 +30,7 @@ from .passes.pixel_shuffle import FORMS, rewrite_pixel_shuffle
 from .record import Record, save_onnx
 
 PIXEL_SHUFFLE_CHOICES = ("keep", *FORMS)
-INPUT_RANGES = ("native", "1", "255")
+INPUT_RANGES = defaults.EXPORT_INPUT_RANGES
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,12 @@ def _check_options(resolved: ResolvedModel, options: ExportOptions) -> None:
     if not 11 <= options.opset <= 21:
         raise UserError(f"--opset {options.opset}: expected 11..21 (DepthToSpace CRD needs 11)")
     stride = resolved.config.head_stride
+    h, w = options.shape
+    if max(h, w) > defaults.MAX_SIDE or 3 * h * w * resolved.config.scale**2 > \
+            defaults.MAX_OUTPUT_ELEMENTS:
+        raise UserError(f"--shape {h}x{w}: the x{resolved.config.scale} output would exceed "
+                        f"{defaults.MAX_OUTPUT_ELEMENTS} elements (sides up to "
+                        f"{defaults.MAX_SIDE}), which runtimes with 32-bit indexing reject")
     for h, w in (options.shape, options.verify_shape):
         if h < 8 or w < 8 or h % stride or w % stride:
             raise UserError(f"--shape {h}x{w}: need at least 8x8 and multiples of the head "

@@ -165,3 +165,114 @@ def _jump_from_shape(out_dims, in_dims, jump: Fraction) -> Fraction:
     if not out_dims or not in_dims or len(out_dims) != 4 or None in (*out_dims[2:], *in_dims[2:]):
         return jump
     return max(Fraction(in_dims[2], out_dims[2]), Fraction(in_dims[3], out_dims[3]))
+
+
+# --- the interface of an SR graph ---------------------------------------------------------
+
+_QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger",
+              "MatMulInteger", "QLinearMatMul")
+_KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
+
+@dataclass
+class SRGraph:
+    """An ONNX graph checked to be a single-image SR graph: one float NCHW RGB input (batch 1;
+    a symbolic batch is fixed to 1) and a float NCHW RGB first output."""
+
+    model: onnx.ModelProto
+    name: str
+    input_shape: list
+    output_shape: list
+    quantized: bool
+
+    @property
+    def fixed(self) -> bool:
+        return all(isinstance(d, int) and d > 0 for d in self.input_shape)
+
+    def shape_scale(self) -> int | None:
+        """Output / input size of a graph with static spatial shapes (None when unknown)."""
+        (h, w), (oh, ow) = self.input_shape[2:], self.output_shape[2:]
+        if not all(isinstance(d, int) and d > 0 for d in (h, w, oh, ow)):
+            return None
+        if oh % h or ow % w or oh // h != ow // w:
+            raise UserError(f"{self.name}: maps {h}x{w} to {oh}x{ow}, not a whole upscaling "
+                            "factor")
+        return oh // h
+
+    def check_scale(self, scale: int | None, where: str | object = "--scale") -> int:
+        """The upscaling factor: ``scale`` (from ``where``: a sidecar or a flag), which must agree
+        with the graph's shapes, else the shapes'."""
+        from_shapes = self.shape_scale()
+        if scale is not None and from_shapes is not None and scale != from_shapes:
+            (h, w), (oh, ow) = self.input_shape[2:], self.output_shape[2:]
+            raise UserError(f"{where} says x{scale}, but {self.name} maps {h}x{w} to {oh}x{ow} "
+                            f"(x{from_shapes})")
+        scale = scale if scale is not None else from_shapes
+        if scale is None:
+            raise UserError(f"{self.name}: the graph shape is dynamic and no sidecar records the "
+                            "scale; pass --scale S")
+        if not 2 <= scale <= 16:
+            raise UserError(f"{self.name}: x{scale} is not a super-resolution graph (expected "
+                            "an upscaling factor 2..16)")
+        return scale
+
+
+def sr_graph(path, model: onnx.ModelProto | None = None) -> SRGraph:
+    """Load (unless ``model`` is given) and check an SR graph; one-line UserError naming what
+    does not fit (inputs, types, ranks, channels, custom operators)."""
+    from .onnx_utils import load_model, tensor_shape
+
+    model = model if model is not None else load_model(path)
+    graph = model.graph
+    constants = {init.name for init in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in constants]
+    if not inputs:
+        raise UserError(f"{path}: the graph has no input")
+    if len(inputs) > 1:
+        names = ", ".join(value.name for value in inputs[:4])
+        raise UserError(f"{path}: the graph has {len(inputs)} inputs ({names}); expected one "
+                        "image input")
+    custom = sorted({f"{node.op_type} ({node.domain})" for node in graph.node
+                     if node.domain not in _KNOWN_DOMAINS})
+    if custom:
+        raise UserError(f"{path}: uses custom operator(s) {', '.join(custom[:3])} that ONNX "
+                        "Runtime does not know")
+    if not graph.output:
+        raise UserError(f"{path}: the graph has no output")
+    for role, value in (("input", inputs[0]), ("output", graph.output[0])):
+        kind = value.type.tensor_type
+        dtype = onnx.TensorProto.DataType.Name(kind.elem_type).lower() if kind.elem_type else "?"
+        if kind.elem_type != onnx.TensorProto.FLOAT:
+            raise UserError(f"{path}: {role} {value.name!r} is {dtype}; expected float32 NCHW RGB")
+        shape = tensor_shape(value) if kind.HasField("shape") else []
+        if len(shape) != 4:
+            raise UserError(f"{path}: {role} {value.name!r} has rank {len(shape)}; expected 4 "
+                            "(NCHW)")
+        if isinstance(shape[1], int) and shape[1] != 3:
+            raise UserError(f"{path}: {role} {value.name!r} has {shape[1]} channels; expected 3 "
+                            "(RGB)")
+        if isinstance(shape[0], int) and shape[0] > 1:
+            raise UserError(f"{path}: {role} {value.name!r} has batch {shape[0]}; expected 1")
+    model = _batch_one(model, inputs[0].name)
+    quantized = any(node.op_type in _QUANT_OPS for node in model.graph.node)
+    return SRGraph(model, str(path), tensor_shape(model.graph.input[_index(model, inputs[0].name)]),
+                   tensor_shape(model.graph.output[0]), quantized)
+
+
+def _index(model: onnx.ModelProto, name: str) -> int:
+    return next(i for i, value in enumerate(model.graph.input) if value.name == name)
+
+
+def _batch_one(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
+    """The model with a symbolic batch dimension of its input and first output fixed to 1."""
+    values = (model.graph.input[_index(model, input_name)], model.graph.output[0])
+    if all(v.type.tensor_type.shape.dim[0].HasField("dim_value") for v in values):
+        return model
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in (fixed.graph.input[_index(fixed, input_name)], fixed.graph.output[0]):
+        dim = value.type.tensor_type.shape.dim[0]
+        if not dim.HasField("dim_value"):
+            dim.Clear()
+            dim.dim_value = 1
+    return fixed

@@ -16,18 +16,31 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if not path.is_file():
         raise UserError(f"{path}: no such ONNX file")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
     except Exception as exc:  # protobuf raises several types for garbage input
         raise UserError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    if model.ir_version < 3 or not model.graph.node:  # an empty file parses as an empty model
+        what = "an empty file" if path.stat().st_size == 0 else "no graph nodes"
+        raise UserError(f"{path}: not an ONNX model ({what})")
+    return model
 
 
 def input_shape(model: onnx.ModelProto) -> list[int | str]:
-    """Shape of the first graph input: ints for fixed dims, names for symbolic ones."""
-    return tensor_shape(model.graph.input[0])
+    """Shape of the first graph input (not an initializer): ints for fixed dims, names for
+    symbolic ones."""
+    constants = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in constants]
+    if not inputs:
+        raise UserError("the graph has no input")
+    return tensor_shape(inputs[0])
 
 
 def output_shape(model: onnx.ModelProto) -> list[int | str]:
     """Shape of the first graph output: ints for fixed dims, names for symbolic ones."""
+    if not model.graph.output:
+        raise UserError("the graph has no output")
     return tensor_shape(model.graph.output[0])
 
 

@@ -14,10 +14,9 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 from tqdm import tqdm
 
 from .archs import build_model, get_source, variant_config
@@ -28,8 +27,12 @@ from .data.imresize import imresize
 from .data.io import to_uint8
 from .errors import UserError
 from .metrics import psnr, ssim
-from .record import Record, publish
 from .defaults import progress_off
+from .record import Record, publish
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 SCHEDULES = ("cosine", "step")
 
@@ -95,6 +98,8 @@ def _lr_lambda(options: TrainOptions):
 def _patches(images: list[tuple[np.ndarray, np.ndarray]], options: TrainOptions, scale: int,
              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of aligned (LR, HR) patches with random flips and rotations, NCHW float 0..1."""
+    import torch
+
     p, lrs, hrs = options.patch_size, [], []
     for _ in range(options.batch_size):
         lr, hr = images[int(rng.integers(len(images)))]
@@ -115,6 +120,8 @@ def super_resolve(model: nn.Module, lr: np.ndarray, native_range: int, stride: i
                   device: torch.device) -> np.ndarray:
     """Whole-image inference: HxWx3 float 0..1 in, (H*s)x(W*s)x3 float 0..1 out (the LR image is
     reflect-padded to a multiple of the head stride and the output cropped back)."""
+    import torch
+
     h, w = lr.shape[:2]
     pad_h, pad_w = (-h) % stride, (-w) % stride
     x = np.pad(lr, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
@@ -146,6 +153,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, native_range: int, stride
 def save_checkpoint(model: nn.Module, source: str, path: str | Path) -> None:
     """Write the weights in the layout's own checkpoint format (to a file :func:`publish`
     renames into place)."""
+    import torch
+
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"params": state} if source == "basicsr" else state
     if source == "rcan-pytorch":
@@ -159,6 +168,8 @@ def train(source: str, variant: str, scale: int, train_set: Dataset, val_set: Da
           progress: bool | None = None) -> dict:
     """Train ``variant`` in layout ``source``; publish the checkpoint with its model card (the
     sidecar: recipe, time, validation history, held-out PSNR/SSIM) and return the card."""
+    import torch
+
     options.check()
     check_destination(out, [init_weights])
     config = variant_config(variant, scale)
@@ -179,7 +190,8 @@ def train(source: str, variant: str, scale: int, train_set: Dataset, val_set: Da
     images = [(lr, hr) for lr, hr in images if min(lr.shape[:2]) >= options.patch_size]
     if not images:
         raise UserError(f"{train_set.name}: no image has an LR side of {options.patch_size} px")
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=options.learning_rate)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=options.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(options))
     rng = np.random.default_rng(options.seed)
     history: list[dict] = []
@@ -231,6 +243,8 @@ def train(source: str, variant: str, scale: int, train_set: Dataset, val_set: Da
 
 
 def _save_state(path: Path, model, optimizer, scheduler, rng, step: int, history: list) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,

@@ -50,7 +50,7 @@ def good(graphs, tmp_path_factory):
 
 def _one_line_error(capsys, code, expected_code, *fragments):
     err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("rcan-deploy:")]
+    errors = [line for line in err if line.startswith("rcan-deploy")]
     assert code == expected_code and len(errors) == 1, err
     assert all(fragment in errors[0] for fragment in fragments), errors[0]
 
@@ -183,7 +183,7 @@ def test_gate_exit_codes(good, graphs, tmp_path, capsys):
 
     damaged = tmp_path / "damaged_int8.onnx"
     _damage(graphs[1], damaged)
-    assert main(["bench", "--model", str(damaged), "--limit", "2", "--warmup", "0",
+    assert main(["bench", str(damaged), "--limit", "2", "--warmup", "0",
                  "--repeat", "1", "--out", str(tmp_path / "bad")]) == 0
     assert "report: " in capsys.readouterr().out
     code = main(["gate", str(tmp_path / "bad" / "report.json")])

@@ -19,14 +19,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..artifacts import command_line, sidecar_path, tool_versions
-from ..backends import Runner, get_runner
+from ..artifacts import command_line, sha256_file, sidecar_path, tool_versions
+from ..backends import RUNTIMES, Runner, get_runner
 from ..data import get_dataset, imresize, to_uint8
 from ..data.datasets import default_set_name
 from ..errors import UserError
 from ..metrics import PROTOCOLS, evaluate
 from ..onnx_utils import input_shape, load_model
-from ..graph_analysis import ReceptiveField, receptive_field
+from ..graph_analysis import ReceptiveField, receptive_field, sr_graph
 from ..upscale import upscale
 from ..record import Link, chain_value, lineage, parent_file, read_record
 from ..defaults import progress_off
@@ -117,7 +117,8 @@ class BenchResult:
 
 def bench(engine: str | Path | None = None, model: str | Path | None = None,
           runtime: str | None = None, reference: str | Path | None = None,
-          dataset: str | None = None, scale: int | None = None, protocol: str = "standard",
+          dataset: str | None = None, scale: int | None = None,
+          input_range: int | None = None, protocol: str = "standard",
           limit: int | None = None, warmup: int = 1, repeat: int = 3,
           data_root: str | Path | None = None, out: str | Path | None = None,
           progress: bool | None = None) -> BenchResult:
@@ -125,9 +126,11 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
     ort by default, openvino, torch) against ``reference`` (default: the FP32 graph found
     through the sidecars; none for an FP32 candidate). ``dataset`` defaults to div2k_valid when
     present, else the held-out split of samples (``samples`` always means that split here).
-    ``out``: also write the report there (:func:`rcan_deploy.benchmark.write_report`)."""
+    ``out``: also write the report there (:func:`rcan_deploy.benchmark.write_report`). A graph
+    without sidecar needs ``input_range`` (and ``scale`` unless its shapes tell); its report
+    records no provenance."""
     if (engine is None) == (model is None):
-        raise UserError("pass exactly one of --engine X.plan or --model X.onnx")
+        raise UserError("pass exactly one MODEL: an ONNX graph or a TensorRT engine")
     if protocol not in PROTOCOL_CHOICES:
         raise UserError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOL_CHOICES)}")
     if limit is not None and limit < 1:
@@ -135,10 +138,11 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
     if warmup < 0 or repeat < 1:
         raise UserError(f"--warmup {warmup} --repeat {repeat}: expected warmup >= 0, repeat >= 1")
     if engine is not None and runtime not in (None, "tensorrt"):
-        raise UserError(f"--runtime {runtime}: an --engine runs on TensorRT; drop --runtime")
+        raise UserError(f"--runtime {runtime}: an engine (.plan) runs on TensorRT; drop --runtime")
     candidate = _subject("candidate", engine if engine is not None else model,
-                         "tensorrt" if engine is not None else runtime or "ort", scale)
-    ref, discovered = _reference(candidate, reference)
+                         "tensorrt" if engine is not None else runtime or RUNTIMES[0], scale,
+                         input_range)
+    ref, discovered, link = _reference(candidate, reference)
     data, chosen = _dataset(dataset, candidate.scale, data_root)
     pairs = data.pairs[:limit] if limit else data.pairs
     protocols = list(PROTOCOLS) if protocol == "both" else [protocol]
@@ -163,6 +167,11 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
                     "command": command_line(),
                     "reference_found_by": ("--reference" if reference is not None else
                                            "sidecar chain" if ref else None),
+                    "reference_link": link,
+                    "candidate_provenance": ("recorded" if candidate.chain[0].record and
+                                             candidate.chain[0].record.has_provenance else
+                                             "none (no sidecar)" if not candidate.chain[0].record
+                                             else "none (graph brought without provenance)"),
                     "artifacts": artifacts, "versions": tool_versions(_EXTRA_VERSIONS)},
         worst=worst)
     if out is not None:
@@ -186,16 +195,19 @@ def summarize(rows: list[dict], protocols: list[str]) -> dict:
     return summary
 
 
-def _subject(role: str, path: str | Path, runtime: str, scale: int | None) -> Subject:
+def _subject(role: str, path: str | Path, runtime: str, scale: int | None,
+             input_range: int | None) -> Subject:
+    """A model under test. Scale and input range come from its record (the flags must agree),
+    else from ``scale`` (or the graph's shapes) and ``input_range``: a graph brought without
+    sidecar runs with no provenance."""
     path = Path(path)
-    flag = ("--reference" if role == "reference" else
-            "--engine" if runtime == "tensorrt" else "--model")
+    flag = ("--reference" if role == "reference" else "MODEL")
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such file")
     record = read_record(path)
-    if record is None:
-        raise UserError(f"{flag} {path}: no sidecar {sidecar_path(path).name} (bench needs the "
-                        "scale, input range and provenance it records)")
+    if record is None and runtime == "tensorrt":
+        raise UserError(f"{flag} {path}: an engine needs its sidecar {sidecar_path(path).name}, "
+                        "which names the ONNX graph it was built from")
     chain = [Link(path, record)]
     onnx_path = path
     if runtime == "tensorrt":
@@ -203,9 +215,9 @@ def _subject(role: str, path: str | Path, runtime: str, scale: int | None) -> Su
             raise UserError(f"{sidecar_path(path)}: no parent entry naming the engine's ONNX")
         onnx_path = parent_file(path, record.parent)
         chain.append(Link(onnx_path, read_record(onnx_path)))
-    graph = load_model(onnx_path)
+    graph = sr_graph(onnx_path)
     recorded_shape = chain_value(chain, "input_shape") if runtime == "tensorrt" else None
-    shape = recorded_shape or input_shape(graph)
+    shape = recorded_shape or graph.input_shape
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
         raise UserError(f"{flag} {path}: input shape {shape} is not fixed; bench needs a "
                         "fixed-shape graph (export --shape HxW)")
@@ -213,32 +225,62 @@ def _subject(role: str, path: str | Path, runtime: str, scale: int | None) -> Su
     if scale is not None and recorded is not None and int(recorded) != scale:
         other = "--scale" if role == "candidate" else "the candidate"
         raise UserError(f"{flag} {path}: its sidecar says x{recorded}, {other} x{scale}")
-    if (recorded or scale) is None:
-        raise UserError(f"{flag} {path}: its sidecar records no config.scale; pass --scale S")
-    input_range = chain_value(chain, "input_range")
+    scale = graph.check_scale(recorded or scale, sidecar_path(path) if recorded else "--scale")
+    recorded_range = chain_value(chain, "input_range")
+    if input_range is not None and recorded_range is not None and recorded_range != input_range:
+        raise UserError(f"--input-range {input_range}, but the sidecar of {path} records "
+                        f"{recorded_range}")
+    input_range = recorded_range or input_range
     if input_range is None:
-        raise UserError(f"{sidecar_path(path)}: no input_range (1 or 255) recorded")
-    precision = record.sections.get("precision") or _PRECISIONS.get(record.kind, "unknown")
+        raise UserError(f"{flag} {path}: no sidecar says its input range; pass --input-range 1|255")
+    if record is not None:
+        precision = record.sections.get("precision") or _PRECISIONS.get(record.kind, "unknown")
+    else:
+        precision = "int8" if graph.quantized else "fp32"
     if runtime == "torch":  # TorchRunner always runs the FP32 network behind the graph
         precision = "fp32"
-    return Subject(role, path, runtime, onnx_path, chain, (shape[2], shape[3]),
-                   int(recorded or scale), int(input_range), str(precision),
-                   receptive_field(graph))
+    return Subject(role, path, runtime, onnx_path, chain, (shape[2], shape[3]), scale,
+                   int(input_range), str(precision), receptive_field(graph.model))
 
 
 def _reference(candidate: Subject, reference: str | Path | None
-               ) -> tuple[Subject | None, list[Link]]:
-    """The reference subject and the sidecar chain walked to find it (empty when given)."""
+               ) -> tuple[Subject | None, list[Link], str]:
+    """The reference subject, the sidecar chain walked to find it, and how the reference is
+    linked to the candidate: ``verified`` (an ancestor, by sha256), ``unlinked`` (the candidate
+    has no record), ``mismatch`` (not in the candidate's recorded lineage) or ``none``."""
     onnx_runtime = candidate.runtime if candidate.runtime in ("ort", "openvino") else "ort"
     if reference is not None:
         path = Path(reference)
         runtime = "tensorrt" if path.suffix in ENGINE_SUFFIXES else onnx_runtime
-        return _subject("reference", path, runtime, candidate.scale), []
-    chain = lineage(candidate.path)
+        ref = _subject("reference", path, runtime, candidate.scale, candidate.input_range)
+        return ref, [], _link(candidate, ref)
+    if candidate.chain[0].record is None:
+        return None, [], "none"
+    chain = lineage(candidate.path)  # a parent replaced since: UserError, the chain is broken
     fp32 = chain[-1].path
     if fp32.resolve() == candidate.path.resolve():
-        return None, []
-    return _subject("reference", fp32, onnx_runtime, candidate.scale), chain
+        return None, [], "none"
+    ref = _subject("reference", fp32, onnx_runtime, candidate.scale,
+                   candidate.input_range if chain[-1].record is None else None)
+    return ref, chain, "verified"
+
+
+def _link(candidate: Subject, ref: Subject) -> str:
+    """How an explicit --reference relates to the candidate's recorded lineage."""
+    record = candidate.chain[0].record
+    if record is None:
+        return "unlinked"
+    ancestors, path = set(), candidate.path
+    while record is not None and record.parent is not None:
+        ancestors.add(record.parent.get("sha256"))
+        try:
+            path = parent_file(path, record.parent)
+            record = read_record(path)
+        except UserError:
+            break
+    own = ref.chain[0].record
+    shas = {sha256_file(ref.path), *((own.parent or {}).get("sha256") for own in [own] if own)}
+    return "verified" if shas & ancestors else "mismatch"
 
 
 def _dataset(name: str | None, scale: int, data_root):

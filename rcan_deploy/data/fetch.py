@@ -28,6 +28,7 @@ from .datasets import DIV2K_SETS, default_data_root, set_definitions
 from ..defaults import progress_off
 
 DIV2K_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
+LR_SCALES = (2, 3, 4)  # scales of DIV2K's bicubic LR archives (calibration/sets.yaml)
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
 _RETRY_WAIT_S = 2.0

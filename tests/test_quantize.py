@@ -56,6 +56,7 @@ def test_qdq_graph_keeps_names_shapes_and_records_calibration(small_graph, tmp_p
     assert abs(side["heldout"]["drop"]) < 1.0 and side["global_pooling"] is False
 
 
+@pytest.mark.slow
 def test_same_seed_same_scales(small_graph, tmp_path):
     a = api.quantize(small_graph, tmp_path / "a.onnx", dataset="samples", seed=3, **FAST)
     b = api.quantize(small_graph, tmp_path / "b.onnx", dataset="samples", seed=3, **FAST)
@@ -148,6 +149,7 @@ def test_graph_without_sidecar_needs_input_range(small_graph, tmp_path):
     assert record["input_range"] == 255
 
 
+@pytest.mark.slow
 def test_end_to_end_1080p_sr4k(tmp_path):
     """The issue's target: the exported SR4K RCAN graph at 1x3x1080x1920 quantizes on crops."""
     fp32 = tmp_path / "rcan.onnx"

@@ -36,6 +36,7 @@ def _gpu_ready() -> bool:
 
 
 pytestmark = [
+    pytest.mark.gpu,
     pytest.mark.skipif(not _gpu_ready(), reason="TensorRT and a CUDA GPU are required (run "
                                                 "inside docker/Dockerfile.gpu)"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -53,7 +54,7 @@ def graphs(tmp_path_factory):
     fp32, int8 = folder / "rcan.onnx", folder / "rcan_int8.onnx"
     rcan_deploy.export(fp32, source="official", variant="rcan2-sr4k", random_weights=True,
                        shape=SHAPE)
-    rcan_deploy.quantize(fp32, int8, calib="samples", calib_crops=16, crop_size=64,
+    rcan_deploy.quantize(fp32, int8, dataset="samples", calib_crops=16, crop_size=64,
                          progress=False)
     crop = data.astronaut()[100:100 + SHAPE[0], 150:150 + SHAPE[1]]
     x = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32)

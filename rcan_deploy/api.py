@@ -105,7 +105,7 @@ def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defa
 def upscale(model_path: str | Path, images: list[str | Path], out_dir: str | Path, *,
             runtime: str = "ort", overlap: int | None = None) -> list[dict]:
     """Super-resolve image files of any size with a fixed-shape graph (pad or tile as needed)."""
-    from .upscale import upscale_files
+    from .upscaling import upscale_files
 
     return upscale_files(model_path, images, out_dir, runtime=runtime, overlap=overlap)
 

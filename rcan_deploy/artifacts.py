@@ -111,6 +111,14 @@ def check_destination(path: str | Path, inputs: Iterable[str | Path | None] = ()
         raise UserError(f"{flag} {text}: .json names are sidecars; choose another file name "
                         "(its sidecar will be NAME.json)")
     check_folder_writable(path.parent, flag, text)
+    check_not_input(path, inputs, flag)
+    return path
+
+
+def check_not_input(path: Path, inputs: Iterable[str | Path | None], flag: str = "--out") -> None:
+    """UserError when writing ``path`` (or its sidecar) would overwrite one of ``inputs`` or of
+    their sidecars."""
+    text = str(path)
     targets = {_identity(path), _identity(sidecar_path(path))}
     for source in inputs:
         if source is None:
@@ -119,7 +127,16 @@ def check_destination(path: str | Path, inputs: Iterable[str | Path | None] = ()
             if _identity(candidate) in targets:
                 raise UserError(f"{flag} {text}: would overwrite the input {candidate}; choose "
                                 "another output name")
-    return path
+
+
+def check_folder_creatable(folder: Path, flag: str = "--out") -> None:
+    """UserError unless ``folder`` is a folder that exists and is writable, or can be created
+    (its nearest existing parent is a writable folder)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder}: is a file, expected a folder")
+    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), Path("/"))
+    check_folder_writable(existing, flag, str(folder))
 
 
 def check_folder_writable(folder: Path, flag: str = "--out", shown: str | None = None) -> None:

@@ -1,7 +1,8 @@
 """Graph analysis for SR graphs: receptive field, strides and global pooling of an ONNX graph.
 
 The receptive-field radius ``m`` of a graph (:func:`receptive_field`) is how far, in input
-pixels, an output pixel can see; tiling (:mod:`rcan_deploy.upscale`) derives its overlap from it.
+pixels, an output pixel can see; tiling (:mod:`rcan_deploy.upscaling`) derives its overlap
+from it.
 """
 
 from __future__ import annotations

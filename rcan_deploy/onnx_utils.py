@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import UserError
+from .errors import UserError, short_reason
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
@@ -88,8 +88,8 @@ def simplify(model: onnx.ModelProto, shape: list[int] | None = None) -> onnx.Mod
     except Exception as exc:  # onnxsim reports shape conflicts as RuntimeError/InferenceError
         if shape is None:
             raise
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot fix the graph input to {list(shape)}: {first}") from None
+        raise UserError(f"cannot fix the graph input to {list(shape)}: "
+                        f"{short_reason(exc)}") from None
     return simplified
 
 

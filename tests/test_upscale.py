@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from rcan_deploy import graph_analysis, upscale as up
+from rcan_deploy import graph_analysis, upscaling as up
 from rcan_deploy.record import Record, save_onnx
 from rcan_deploy.backends import RUNTIMES, OnnxRuntimeRunner, get_runner
 from rcan_deploy.backends.base import import_optional
@@ -280,7 +280,7 @@ def test_upscale_files_without_sidecar_and_missing_image(plain, tmp_path):
     onnx.save(fixed, str(model_path))
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), np.zeros((10, 10, 3), np.uint8))
-    with pytest.warns(UserWarning, match="input_range"):
+    with pytest.warns(UserWarning, match="input range"):
         records = up.upscale_files(model_path, [image], tmp_path)
     assert records[0]["output_size"] == [20, 20]
     with pytest.raises(UserError, match="no such image"):

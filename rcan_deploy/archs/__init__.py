@@ -28,8 +28,9 @@ class Source:
     native_range: int
     description: str
 
-    def builder(self, config: RCANConfig) -> "nn.Module":
-        return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.cls)(config)
+    def builder(self, config: RCANConfig, **forward) -> "nn.Module":
+        return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.cls)(config,
+                                                                                       **forward)
 
 
 SOURCES: dict[str, Source] = {
@@ -49,13 +50,16 @@ def get_source(name: str) -> Source:
     return SOURCES[name]
 
 
-def build_model(source: str, config: RCANConfig) -> "nn.Module":
+def build_model(source: str, config: RCANConfig, forward: dict | None = None) -> "nn.Module":
     """Build an RCAN network in the given layout, in eval mode, with default initialisation."""
     if config.attention == "cbam" and (source != "rcan-pytorch" or config.upsampler != "single"):
         raise UserError("CBAM attention exists only in the rcan-pytorch layout (variant rcan-cbam)")
     if config.head_stride == 2 and source == "rcan-pytorch":
         raise UserError("the SR4K variants exist in the official and basicsr layouts only")
-    return get_source(source).builder(config).eval()
+    forward = dict(forward or {})
+    if "rgb_mean" in forward:
+        forward["rgb_mean"] = tuple(forward["rgb_mean"])
+    return get_source(source).builder(config, **forward).eval()
 
 
 __all__ = ["RCANConfig", "SOURCES", "Source", "VARIANTS", "VARIANT_HELP", "build_model",

@@ -65,14 +65,16 @@ def _rebuild(fp32_path, record):
 
     side = sidecar_path(fp32_path)
     weights = record.weights or {}
-    config = record.config or {}
+    config = dict(record.config or {})
+    forward = config.pop("forward", None)
     if record.source is None or "scale" not in config or not weights:
         raise UserError(f"{side}: needs source, config.scale and weights to rebuild the network")
     variant = record.variant
     variant = None if variant == "custom" else variant
     if "random" in weights:
         resolved = resolve_model(record.source, variant, config["scale"],
-                                 random_weights=True, seed=int(weights["random"]))
+                                 random_weights=True, seed=int(weights["random"]),
+                                 forward=forward)
     else:
         if not Path(weights.get("path", "")).is_file():
             raise UserError(f"{side}: checkpoint {weights.get('path')} does not exist")
@@ -82,7 +84,7 @@ def _rebuild(fp32_path, record):
         # a shipped checkpoint is resolved as the export did (converted to the graph's layout)
         resolved = resolve_model(record.source, variant, config["scale"],
                                  None if weights.get("shipped") else weights["path"],
-                                 param_key=weights.get("param_key"))
+                                 param_key=weights.get("param_key"), forward=forward)
     if resolved.config.as_dict() != config:
         raise UserError(f"{side}: rebuilt network {resolved.config.describe()} differs from the "
                         f"recorded config")

@@ -1,7 +1,7 @@
 """Benchmark a candidate (INT8 graph, engine, any ONNX SR graph) against its FP32 reference.
 
 Every image of the data set is super-resolved at the graph's fixed shape through
-:func:`rcan_deploy.upscale.upscale` (fit, pad or tile, recorded per image) by the candidate, the
+:func:`rcan_deploy.upscaling.upscale` (fit, pad or tile, recorded per image) by the candidate, the
 reference and MATLAB bicubic; PSNR/SSIM are computed in the chosen protocol(s). Latency is timed
 at the graph's fixed shape on a random input. FLOPs and params come from the ONNX graph (for an
 engine, the ONNX it was built from).
@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..metrics import PROTOCOLS, evaluate
 from ..onnx_utils import input_shape, load_model
 from ..graph_analysis import ReceptiveField, receptive_field, sr_graph
-from ..upscale import upscale
+from ..upscaling import upscale
 from ..record import Link, chain_value, lineage, parent_file, read_record
 from ..defaults import progress_off
 

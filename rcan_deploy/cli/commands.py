@@ -7,6 +7,7 @@ Modules that load torch are imported only when a command that needs them runs.
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
@@ -37,6 +38,19 @@ def _parse_shape(ctx, param, value):
     if max(h, w) > defaults.MAX_SIDE:
         raise click.BadParameter(f"{value!r}: a side above {defaults.MAX_SIDE} is not supported")
     return h, w
+
+
+def _parse_mean(ctx, param, value):
+    """R,G,B -> a tuple of three floats."""
+    if value is None:
+        return None
+    try:
+        mean = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not R,G,B (e.g. 0.4488,0.4371,0.4040)") from None
+    if len(mean) != 3 or not all(math.isfinite(m) for m in mean):
+        raise click.BadParameter(f"{value!r}: expected three finite numbers R,G,B")
+    return mean
 
 
 def _one_of(primary, alias, primary_name: str, alias_name: str):
@@ -80,6 +94,12 @@ def cli() -> None:
                    "basicsr and rcan-pytorch 1) or forced.")
 @click.option("--fold-meanshift", is_flag=True,
               help="Fold the official MeanShift 1x1 convs into their neighbours.")
+@click.option("--img-range", type=FiniteFloat(0.0, open_low=True), default=None,
+              help="BasicSR img_range of the checkpoint (not stored in it). [default: 255]")
+@click.option("--rgb-mean", callback=_parse_mean, default=None, metavar="R,G,B",
+              help="BasicSR rgb_mean of the checkpoint. [default: the DIV2K mean]")
+@click.option("--res-scale", type=FiniteFloat(float("-inf")), default=None,
+              help="BasicSR res_scale of the checkpoint. [default: 1]")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of random weights and of the verification input.")
 @click.option("--out", type=click.Path(dir_okay=False), default=defaults.FP32_ONNX,

@@ -127,7 +127,7 @@ class ImagePair:
                         stale.unlink(missing_ok=True)
                 write_image(cached, lr)
             except OSError as exc:
-                raise UserError(f"{cached.parent}: cannot write the LR cache ({exc.strerror}); "
+                raise UserError(f"{cached.parent}: cannot write the LR cache ({exc.strerror or type(exc).__name__}); "
                                 "set RCAN_DEPLOY_CACHE to a writable folder") from None
         return lr
 

@@ -160,7 +160,7 @@ def fetch_div2k(name: str, data_root: str | Path | None = None, base_url: str = 
         try:
             data_root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"{data_root}: cannot create the folder ({exc.strerror})") from None
+            raise UserError(f"{data_root}: cannot create the folder ({exc.strerror or type(exc).__name__})") from None
         archive = data_root / archive_name
         complete = archive.is_file() and archive.stat().st_size == size
         if not (complete and _sha256(archive) == sha256):

@@ -23,7 +23,7 @@ import onnx
 
 from .. import defaults
 from ..artifacts import atomic_path
-from ..errors import UserError
+from ..errors import UserError, short_reason
 from ..onnx_utils import input_shape, load_model
 from ..record import Record, derive, publish, read_record
 from . import require_cudart, require_tensorrt
@@ -194,7 +194,7 @@ def _build(trt: ModuleType, path: Path, model: onnx.ModelProto, plan: NetworkPla
         _load_timing_cache(config, Path(options.timing_cache))
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        detail = f" ({logger.errors[-1].strip()[:200]})" if logger.errors else ""
+        detail = f" ({short_reason(Exception(logger.errors[-1]), 200)})" if logger.errors else ""
         raise UserError(f"{path}: TensorRT could not build an engine{detail}")
     if options.timing_cache:
         with atomic_path(options.timing_cache) as tmp:

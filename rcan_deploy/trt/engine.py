@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, short_reason
 from ..record import read_record
 from .device import current_gpu
 
@@ -70,7 +70,7 @@ def mismatch_error(path: Path, tensorrt_version: str, gpu: dict[str, Any],
                   f"{built['name']} (sm {built['compute_capability']})")
     else:
         origin = "no sidecar records what it was built with"
-    reason = f" ({detail.strip().splitlines()[0][:160]})" if detail and detail.strip() else ""
+    reason = f" ({short_reason(Exception(detail))})" if detail and detail.strip() else ""
     return UserError(f"{path}: {here} cannot load this engine{reason}; {origin}: rebuild it here "
                      "with rcan-deploy build")
 

@@ -81,8 +81,25 @@ def check(model_path: str | Path, *, max_rank: int | None = None,
 def info(model_path: str | Path, *, shape: tuple[int, int] | None = None) -> dict:
     """Params and conv MACs (total and per layer) at the graph's shape, with reference rows."""
     from .costs import model_info, reference_rows
+    from .errors import UserError
+    from .graph_analysis import receptive_field
+    from .onnx_utils import input_shape
 
-    result = model_info(load_model(model_path), shape)
+    model = load_model(model_path)
+    if shape is not None:
+        fixed = input_shape(model)[2:]
+        if all(isinstance(d, int) and d > 0 for d in fixed):
+            if tuple(fixed) != tuple(shape):
+                raise UserError(f"--shape {shape[0]}x{shape[1]}: {model_path} has a fixed input "
+                                f"of {fixed[0]}x{fixed[1]}; --shape is for graphs with a dynamic "
+                                "input")
+            shape = None
+        else:
+            stride = receptive_field(model).stride
+            if shape[0] % stride or shape[1] % stride:
+                raise UserError(f"--shape {shape[0]}x{shape[1]}: the graph downsamples by "
+                                f"{stride}, so both sides must be multiples of {stride}")
+    result = model_info(model, shape)
     record = read_record(model_path) or Record("onnx-fp32")
     result["source"], result["variant"] = record.source, record.variant
     same_shape = result["input_shape"] == [1, 3, *defaults.SHAPE]

@@ -81,14 +81,15 @@ def remove_stale_temps(path: Path) -> None:
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
         pid = name[len(prefix):].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             try:
                 entry.unlink()
             except OSError:
                 pass
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (a temporary file's writer)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -53,6 +53,7 @@ def ort_session(model: onnx.ModelProto | str | Path, threads: int | None = None)
     """An ONNX Runtime CPU session with all graph optimisations and quiet logging."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # errors only: warnings would add lines to stderr
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3

@@ -19,7 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..artifacts import command_line, sha256_file, sidecar_path, tool_versions
+from ..artifacts import (check_folder_creatable, check_not_input, command_line, sha256_file,
+                         sidecar_path, tool_versions)
 from ..backends import RUNTIMES, Runner, get_runner
 from ..data import get_dataset, imresize, to_uint8
 from ..data.datasets import default_set_name
@@ -145,6 +146,11 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
     ref, discovered, link = _reference(candidate, reference)
     data, chosen = _dataset(dataset, candidate.scale, data_root)
     pairs = data.pairs[:limit] if limit else data.pairs
+    _check_sizes(pairs, candidate.scale)
+    if out is not None:
+        check_folder_creatable(Path(out))
+        for name in ("report.json", "report.md"):
+            check_not_input(Path(out) / name, [candidate.path, ref.path if ref else None])
     protocols = list(PROTOCOLS) if protocol == "both" else [protocol]
     subjects = [s for s in (candidate, ref) if s is not None]
     with ExitStack() as stack:
@@ -293,6 +299,21 @@ def _dataset(name: str | None, scale: int, data_root):
         return get_dataset("div2k_valid", scale, data_root), "default: div2k_valid (found)"
     data = get_dataset("samples", scale, split="heldout")
     return data, "default: samples held-out split (div2k_valid not found under the data root)"
+
+
+SSIM_WINDOW = 11  # the Gaussian window; SSIM with 'valid' borders needs at least this many pixels
+
+
+def _check_sizes(pairs, scale: int) -> None:
+    """UserError naming the first image too small for the metrics (the standard protocol crops
+    ``scale`` pixels on each border before the 11x11 SSIM window)."""
+    least = SSIM_WINDOW + 2 * scale
+    for pair in pairs:
+        height, width = pair.lr_size()
+        if min(height, width) * scale < least:
+            raise UserError(f"{pair.lr_path or pair.hr_path}: {width}x{height} LR is too small "
+                            f"for the metrics (the x{scale} output must be at least {least} "
+                            "pixels on each side)")
 
 
 def _quality(subjects: list[Subject], runners: list[Runner], pairs, protocols: list[str],

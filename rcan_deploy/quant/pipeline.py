@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import check_destination
-from ..errors import UserError
-from ..onnx_utils import graph_scale, input_shape, load_model, output_shape
+from ..errors import UserError, short_reason
+from ..graph_analysis import sr_graph
+from ..onnx_utils import input_shape, output_shape
 from ..record import Record, derive, read_record, save_onnx
 from . import sensitivity
 from .ptq import QuantizeOptions, quantize_model
@@ -26,10 +27,15 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
 
     options.check()
     check_destination(out, [model_path])
-    model = load_model(model_path)
+    graph = sr_graph(model_path)
+    if graph.quantized:
+        raise UserError(f"{model_path}: already quantized (it has Q/DQ or integer ops); quantize "
+                        "its FP32 parent")
+    model = _opset_for_quantization(graph.model, model_path)
     parent = read_record(model_path)
     value_range = _input_range(parent, options.input_range, model_path)
-    scale = graph_scale(model, parent, model_path)
+    scale = graph.check_scale(parent.scale if parent else None,
+                              f"{model_path}.json" if parent and parent.scale else "--scale")
     name = options.dataset or default_set_name(scale, options.data_root)
     dataset = get_dataset(name, scale, options.data_root,
                           split="train" if name == "samples" else None)
@@ -74,6 +80,24 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
     if report:
         record.sections["sensitivity"] = report
     return save_onnx(quantized, out, record)
+
+
+MIN_OPSET = 13  # per-channel QuantizeLinear
+
+
+def _opset_for_quantization(model, model_path):
+    """The graph converted to opset 13 when its opset is older (per-channel Q/DQ needs 13)."""
+    import onnx
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= MIN_OPSET:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:  # the converter raises RuntimeError/ConvertError with C++ text
+        raise UserError(f"{model_path}: opset {opset} graph; converting it to opset {MIN_OPSET} "
+                        f"for quantization failed ({short_reason(exc)}); re-export it with "
+                        f"--opset {MIN_OPSET}") from None
 
 
 def _input_range(record: Record | None, flag: int | None, model_path) -> int:

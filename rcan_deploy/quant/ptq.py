@@ -28,6 +28,8 @@ import logging
 import math
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +41,7 @@ from typing import Iterator
 import numpy as np
 import onnx
 
+from ..artifacts import process_alive
 from ..data.crops import DEFAULT_CROP_SIZE, DEFAULT_N_CROPS, DEFAULT_SEED
 from ..errors import UserError
 from ..record import INPUT_RANGES
@@ -138,13 +141,36 @@ def _modelopt(dynamic_path: str, out_path: str, crops: np.ndarray, method: str,
         json.dump({"model": dynamic_path, "out": out_path, "crops": crops_path, "method": method,
                    "high_precision": high_precision, "exclude": exclude}, handle)
     done = subprocess.run([sys.executable, "-m", "rcan_deploy.quant.modelopt_worker", job_path],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, preexec_fn=_die_with_parent)
     if done.returncode != 0 or not os.path.isfile(out_path):
         lines = (done.stderr or "no output").strip().splitlines()
         if any("No module named 'modelopt'" in line for line in lines):
             raise UserError("--target tensorrt needs nvidia-modelopt: pip install -c "
                             "constraints.txt -e . (see README)")
         raise RuntimeError("modelopt quantization failed: " + "\n".join(lines[-15:]))
+
+
+def _die_with_parent() -> None:
+    """In the worker (Linux): get SIGKILL when the parent dies, so a killed quantize leaves no
+    orphan running."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _work_folder():
+    """A temporary folder for the dynamic graph, crops and the worker's job, named with this
+    process's id; folders of killed runs (their process gone) are removed first."""
+    prefix = "rcan-deploy-quantize-"
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(prefix):].split("-")[0]
+        if name.startswith(prefix) and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
 
 
 def _ort_static(dynamic_path: str, out_path: str, crops: np.ndarray, method: str,
@@ -211,7 +237,7 @@ def quantize_model(model: onnx.ModelProto, crops: np.ndarray,
                         "reshape pixel-shuffle form): quantize the export with --pixel-shuffle "
                         "keep or convtranspose, then `rcan-deploy rewrite` the INT8 graph "
                         f"({type(exc).__name__})") from None
-    with tempfile.TemporaryDirectory() as tmp:
+    with _work_folder() as tmp:
         dynamic_path, out_path = os.path.join(tmp, "dynamic.onnx"), os.path.join(tmp, "q.onnx")
         onnx.save(dynamic, dynamic_path)
         if options.target == "cpu":

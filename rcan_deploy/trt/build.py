@@ -22,7 +22,7 @@ from typing import Any
 import onnx
 
 from .. import defaults
-from ..artifacts import atomic_path
+from ..artifacts import atomic_path, check_destination
 from ..errors import UserError, short_reason
 from ..onnx_utils import input_shape, load_model
 from ..record import Record, derive, publish, read_record
@@ -151,6 +151,8 @@ def build_engine(onnx_path: str | Path = defaults.INT8_ONNX, out: str | Path | N
     options = BuildOptions(precision, workspace_mb, str(timing_cache) if timing_cache else None,
                            profile_verbosity)
     options.validate()
+    check_destination(Path(out) if out else default_engine_path(onnx_path, precision),
+                      [onnx_path, timing_cache])
     trt = require_tensorrt()
     gpu = current_gpu(require_cudart())
     onnx_path = Path(onnx_path)

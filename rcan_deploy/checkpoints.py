@@ -255,6 +255,9 @@ def load_checkpoint(path: str | Path, source: str | None = None, variant: str | 
     state, used_key = read_state_dict(path, param_key)
     detected = detect_source(state)
     check_forward(detected, forward)
+    if detected == "basicsr" and "mean" in state:  # a TorchScript BasicSR RCAN keeps rgb_mean
+        mean = [float(v) for v in state.pop("mean").flatten()]
+        forward = {"rgb_mean": tuple(mean), **(forward or {})} if len(mean) == 3 else forward
     if source is not None and get_source(source).name != detected:
         raise UserError(f"--source {source}, but {path} is in the {detected} layout")
     config = infer_config(detected, state)

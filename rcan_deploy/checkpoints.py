@@ -253,7 +253,10 @@ def load_checkpoint(path: str | Path, source: str | None = None, variant: str | 
     says otherwise, the result is an error rather than a silently different network.
     """
     state, used_key = read_state_dict(path, param_key)
-    detected = detect_source(state)
+    try:
+        detected = detect_source(state)
+    except UserError as exc:
+        raise UserError(f"--weights {path}: {exc}") from None
     check_forward(detected, forward)
     if detected == "basicsr" and "mean" in state:  # a TorchScript BasicSR RCAN keeps rgb_mean
         mean = [float(v) for v in state.pop("mean").flatten()]

@@ -38,6 +38,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
     with quiet_native_stderr():  # libpng prints warnings (iCCP profiles, ...) from C
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    del data  # the encoded bytes: free them before any conversion
     if img is None:
         raise UserError(f"{path}: not a readable image (PNG, JPEG, BMP or TIFF expected)")
     if img.dtype not in (np.uint8, np.uint16):
@@ -49,7 +50,9 @@ def read_image(path: str | Path) -> np.ndarray:
         warnings.warn(f"{path}: alpha channel dropped", stacklevel=2)
     if channels <= 2:
         return np.repeat(img[:, :, :1], 3, axis=2)
-    return np.ascontiguousarray(img[:, :, 2::-1])  # BGR(A) -> RGB
+    if channels == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place: no second copy
+    return np.ascontiguousarray(img[:, :, 2::-1])  # BGRA -> RGB
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

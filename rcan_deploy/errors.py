@@ -37,3 +37,8 @@ def short_reason(exc: BaseException, limit: int = 160) -> str:
     if len(text) > limit:
         text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
     return text
+
+
+def os_reason(exc: OSError) -> str:
+    """The OS's text for an OSError (its type name when the OS gave none)."""
+    return exc.strerror or type(exc).__name__

@@ -198,7 +198,8 @@ def _validate(record: Record, where) -> None:
     for name, kind in _SECTION_TYPES.items():
         if name in record.sections and record.sections[name] is not None \
                 and not isinstance(record.sections[name], kind):
-            raise bad(name, f"a JSON {'object' if kind is dict else getattr(kind, '__name__', kind)}")
+            expected = "object" if kind is dict else getattr(kind, "__name__", kind)
+            raise bad(name, f"a JSON {expected}")
     heldout = record.sections.get("heldout") or {}
     for key, value in heldout.items():
         if isinstance(value, float) and not math.isfinite(value) and key != "drop":

@@ -390,15 +390,13 @@ def main() -> int:
     if not (fixtures / "rcan.onnx").is_file():
         fixtures.mkdir(parents=True, exist_ok=True)
         build_fixtures(fixtures)
-        import rcan_deploy
-        from rcan_deploy.exporter import ExportOptions, export_model
         from rcan_deploy.checkpoints import resolve_model
+        from rcan_deploy.exporter import ExportOptions, export_model
 
         result = export_model(resolve_model("official", "rcan2-sr4k", 2, random_weights=True),
                               ExportOptions(shape=(32, 48)))
         onnx.save(result.dynamic_model, fixtures / "dyn.onnx")
         shutil.copy(fixtures / "rcan.onnx", fixtures / "bare.onnx")
-        del rcan_deploy
     cases = [c for c in CASES if options.k in c[0]]
     start, failures = time.perf_counter(), []
     for case in cases:

@@ -26,7 +26,7 @@ from ..data import get_dataset, imresize, to_uint8
 from ..data.datasets import default_set_name
 from ..errors import UserError
 from ..metrics import PROTOCOLS, evaluate
-from ..onnx_utils import input_shape, load_model
+from ..onnx_utils import load_model
 from ..graph_analysis import ReceptiveField, receptive_field, sr_graph
 from ..upscaling import upscale
 from ..record import Link, chain_value, lineage, parent_file, read_record

@@ -19,7 +19,7 @@ from .types import FiniteFloat
 
 @click.command("bench")
 @click.argument("model", type=click.Path(dir_okay=False), required=False,
-                metavar=f"[MODEL.onnx|ENGINE.plan]")
+                metavar="[MODEL.onnx|ENGINE.plan]")
 @click.option("--model", "model_alias", type=click.Path(dir_okay=False), default=None,
               hidden=True)
 @click.option("--engine", "engine_alias", type=click.Path(dir_okay=False), default=None,

@@ -7,8 +7,6 @@ from dataclasses import MISSING, fields
 
 import click
 
-from ..defaults import MAX_SIDE
-
 MAX_SEED = 2**32 - 1
 
 

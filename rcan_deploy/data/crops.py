@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..artifacts import atomic_path, write_json
-from ..errors import UserError
+from ..errors import UserError, os_reason as _reason
 from .datasets import Dataset, default_cache_root
 from ..defaults import progress_off
 
@@ -57,7 +57,7 @@ def _cache_key(dataset: Dataset, n_crops: int, crop_size: int, seed: int) -> str
                 try:
                     stat = path.stat()
                 except OSError as exc:
-                    raise UserError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+                    raise UserError(f"{path}: cannot read ({_reason(exc)})") from None
                 files.append([str(path), stat.st_size, stat.st_mtime_ns])
     identity = {"dataset": dataset.describe(), "files": files, "n_crops": n_crops,
                 "crop_size": crop_size, "seed": seed, "sampling": _SAMPLING}
@@ -144,6 +144,6 @@ def calibration_crops(dataset: Dataset, n_crops: int = DEFAULT_N_CROPS,
             np.savez(handle, crops=array)
         write_json(manifest_path, manifest)
     except OSError as exc:
-        raise UserError(f"{folder}: cannot write the crop cache ({exc.strerror or type(exc).__name__}); "
+        raise UserError(f"{folder}: cannot write the crop cache ({_reason(exc)}); "
                         "set RCAN_DEPLOY_CACHE to a writable folder") from None
     return CropSet(array, manifest, npz_path)

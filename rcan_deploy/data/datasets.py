@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 import yaml
 
-from ..errors import UserError
+from ..errors import UserError, os_reason as _reason
 from .imresize import imresize, mod_crop
 from .io import IMAGE_SUFFIXES, image_size, read_image, to_float, write_image
 
@@ -127,7 +127,7 @@ class ImagePair:
                         stale.unlink(missing_ok=True)
                 write_image(cached, lr)
             except OSError as exc:
-                raise UserError(f"{cached.parent}: cannot write the LR cache ({exc.strerror or type(exc).__name__}); "
+                raise UserError(f"{cached.parent}: cannot write the LR cache ({_reason(exc)}); "
                                 "set RCAN_DEPLOY_CACHE to a writable folder") from None
         return lr
 

@@ -23,7 +23,7 @@ from typing import Iterable
 
 from tqdm import tqdm
 
-from ..errors import UserError
+from ..errors import UserError, os_reason as _reason
 from .datasets import DIV2K_SETS, default_data_root, set_definitions
 from ..defaults import progress_off
 
@@ -160,7 +160,7 @@ def fetch_div2k(name: str, data_root: str | Path | None = None, base_url: str = 
         try:
             data_root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"{data_root}: cannot create the folder ({exc.strerror or type(exc).__name__})") from None
+            raise UserError(f"{data_root}: cannot create the folder ({_reason(exc)})") from None
         archive = data_root / archive_name
         complete = archive.is_file() and archive.stat().st_size == size
         if not (complete and _sha256(archive) == sha256):

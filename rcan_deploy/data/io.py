@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from ..artifacts import atomic_path, io_error
-from ..errors import UserError
+from ..errors import UserError, os_reason as _reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -35,7 +35,7 @@ def read_image(path: str | Path) -> np.ndarray:
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, expected an image file") from None
     except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+        raise UserError(f"{path}: cannot read ({_reason(exc)})") from None
     with quiet_native_stderr():  # libpng prints warnings (iCCP profiles, ...) from C
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     del data  # the encoded bytes: free them before any conversion

@@ -84,7 +84,8 @@ def test_r2_gate_cannot_be_fooled(work, capsys, tmp_path):
     for name, data, code, fragment in (
             ("empty", {**report, "summary": {}}, 1, "metrics checked"),
             ("mismatch", {**report, "provenance": {**report["provenance"],
-                                                   "reference_link": "mismatch"}}, 1, "parent"),
+                                                   "reference_link": "mismatch"}}, 1,
+             "reference link to candidate (mismatch)"),
             ("null", _set(report, None), 2, "expected a number"),
             ("text", _set(report, "31.2"), 2, "expected a number")):
         Path(f"{name}.json").write_text(json.dumps(data))

@@ -95,7 +95,7 @@ def _link_row(report: dict) -> dict:
     """The reference must be the candidate's recorded FP32 ancestor (``verified``), or the
     candidate must have no record to check it against (``unlinked``)."""
     link = (report.get("provenance") or {}).get("reference_link")
-    return {"metric": f"reference is the candidate's FP32 parent ({link or 'unknown'})",
+    return {"metric": f"reference link to candidate ({link or 'unknown'})",
             "value": _LINKS.get(link, 0.0), "limit": "1", "ok": link in _LINKS}
 
 

@@ -31,7 +31,7 @@ def main() -> None:
             rcan_deploy.export(fp32, source=source, variant="rcan-sr4k")
             for high in ("fp32", "fp16"):
                 int8 = Path(tmp) / f"{source}_{high}.onnx"
-                record = rcan_deploy.quantize(fp32, int8, calib="samples", high_precision=high,
+                record = rcan_deploy.quantize(fp32, int8, dataset="samples", high_precision=high,
                                               progress=False)
                 frames = {}
                 for runtime in runtimes:

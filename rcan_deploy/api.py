@@ -1,116 +1,67 @@
-"""The Python API behind every CLI command: each command is one function here."""
+"""The Python API behind every CLI command: one short function per command.
+
+Options come as the library's option classes (``ExportOptions``, ``RewriteOptions``,
+``QuantizeOptions``, ...) or as keyword arguments naming their fields, which are applied to the
+defaults (an unknown name is a TypeError, never silently ignored).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from . import defaults
-from .artifacts import (read_sidecar, save_onnx, sha256_file, sidecar_path, tool_versions,
-                        write_json)
-from .errors import UserError, VerificationError
-from .onnx_utils import graph_scale, input_shape, load_model
-
-# Whole-graph verification of a rewrite of a fixed-shape graph runs the graph at its own shape;
-# above this many conv MACs (the SR4K graphs at 1080p need ~1.6e11) it is skipped and recorded.
-VERIFY_MACS_LIMIT = 2e11
+from .onnx_utils import load_model
+from .record import Record, read_record
 
 
-def export(out: str | Path = defaults.FP32_ONNX, *, source: str | None = None,
-           variant: str | None = None, scale: int | None = None, weights: str | Path | None = None,
-           random_weights: bool = False, param_key: str | None = None,
-           shape: tuple[int, int] = defaults.SHAPE, opset: int = defaults.OPSET,
-           pixel_shuffle: str = "keep", input_range: str = "native",
-           fold_meanshift: bool = False, optimize: bool = True, seed: int = 0) -> dict:
-    """Build (or load) an RCAN network and write a verified, optimized (unless ``optimize`` is
-    False) fixed-shape ONNX graph + sidecar."""
-    from .checkpoints import resolve_model
+def _options(values: dict[str, Any], *objects):
+    """Copies of the option ``objects`` with each of ``values`` applied to every object that has
+    a field of that name."""
+    used: set[str] = set()
+    result = []
+    for obj in objects:
+        names = {f.name for f in fields(obj)}
+        mine = {k: v for k, v in values.items() if k in names}
+        used.update(mine)
+        result.append(replace(obj, **mine))
+    unknown = sorted(set(values) - used)
+    if unknown:
+        raise TypeError(f"unexpected option(s): {', '.join(unknown)}")
+    return result
+
+
+def export(out: str | Path = defaults.FP32_ONNX, spec=None, options=None, **values) -> dict:
+    """Build (or load) an RCAN network (:class:`~rcan_deploy.checkpoints.ModelSpec`) and write a
+    verified fixed-shape ONNX graph (:class:`~rcan_deploy.exporter.ExportOptions`) + record."""
+    from .artifacts import check_destination
+    from .checkpoints import ModelSpec
     from .exporter import ExportOptions
     from .exporter import export as export_to
 
-    resolved = resolve_model(source, variant, scale, weights, random_weights, param_key, seed)
-    options = ExportOptions(shape=tuple(shape), opset=opset, pixel_shuffle=pixel_shuffle,
-                            input_range=input_range, fold_meanshift=fold_meanshift,
-                            optimize=optimize, seed=seed)
-    return export_to(resolved, out, options).record
+    spec, options = _options(values, spec or ModelSpec(), options or ExportOptions())
+    check_destination(out, [spec.weights])
+    return export_to(spec.resolve(), out, replace(options, shape=tuple(options.shape))).record
 
 
-def optimize(model_path: str | Path, out: str | Path, *, pixel_shuffle: str = "keep",
-             fold_meanshift: bool = True, fuse_upsampler: bool = True,
-             input_range: int | None = None, seed: int = 0) -> dict:
-    """Optimize any ONNX SR graph (MeanShift folding, exact upsampler fusion, pixel-shuffle form),
-    verify it against the input graph at a small size, write it with its sidecar."""
-    from .costs import cost_totals, model_info
-    from .onnx_utils import output_shape
-    from .passes.optimize import OptimizeOptions, optimize_verified
+def optimize(model_path: str | Path, out: str | Path, options=None, **values) -> dict:
+    """Optimize any ONNX SR graph (:class:`~rcan_deploy.passes.optimize.OptimizeOptions`:
+    MeanShift folding, exact upsampler fusion, pixel-shuffle form), verify it against the input
+    graph at a small size, write it and its record."""
+    from .passes.optimize import OptimizeOptions, optimize_file
 
-    original = load_model(model_path)
-    parent = read_sidecar(model_path) or {}
-    value_range = input_range or parent.get("input_range") or 1
-    options = OptimizeOptions(fold_meanshift=fold_meanshift, fuse_upsampler=fuse_upsampler,
-                              pixel_shuffle=pixel_shuffle)
-    model, passes, verification = optimize_verified(original, options, value_range=value_range,
-                                                    seed=seed)
-    fixed = all(isinstance(d, int) for d in input_shape(model))
-    before = cost_totals(model_info(original)) if fixed else None
-    record = {**{k: v for k, v in parent.items()
-                 if k not in ("artifact", "sha256", "created", "command", "versions")},
-              "kind": parent.get("kind", "onnx"),
-              "parent": {"path": str(model_path), "sha256": sha256_file(model_path)},
-              "optimize": {"passes": passes, "verification": verification},
-              "input_shape": input_shape(model), "output_shape": output_shape(model),
-              "costs": cost_totals(model_info(model)) if fixed else None,
-              "architecture": parent.get("architecture") or before}
-    return save_onnx(model, out, record)
+    (options,) = _options(values, options or OptimizeOptions())
+    return optimize_file(model_path, out, options)
 
 
-def rewrite(model_path: str | Path, out: str | Path, *, pixel_shuffle: str | None = None,
-            fold_meanshift: bool = False, seed: int = 0) -> dict:
-    """Apply graph passes to any ONNX file, verify the result against the original, write it."""
-    import numpy as np
+def rewrite(model_path: str | Path, out: str | Path, options=None, **values) -> dict:
+    """Apply graph passes (:class:`~rcan_deploy.passes.rewrite.RewriteOptions`) to any ONNX
+    file, verify the result against the original, write it and its record."""
+    from .passes.rewrite import RewriteOptions, rewrite_file
 
-    from .costs import model_info
-    from .onnx_utils import max_abs_error, output_shape, run, simplify
-    from .passes.meanshift import fold_meanshift as fold
-    from .passes.pixel_shuffle import rewrite_pixel_shuffle
-
-    if pixel_shuffle is None and not fold_meanshift:
-        raise UserError("nothing to do: pass --pixel-shuffle FORM and/or --fold-meanshift")
-    original = load_model(model_path)
-    model, passes = original, {}
-    if pixel_shuffle is not None:
-        model, passes["pixel_shuffle"] = rewrite_pixel_shuffle(model, pixel_shuffle)
-    if fold_meanshift:
-        model, passes["fold_meanshift"] = fold(model)
-    model = simplify(model)
-    shape = input_shape(original)
-    dynamic = not all(isinstance(d, int) and d > 0 for d in shape)
-    if dynamic:
-        shape = [1, 3, *defaults.VERIFY_SHAPE]
-    macs = 0 if dynamic else model_info(original)["macs"]
-    parent = read_sidecar(model_path) or {}
-    verification: dict = {"shape": shape, "seed": seed}
-    if macs > VERIFY_MACS_LIMIT:
-        verification["skipped"] = f"{macs / 1e9:.0f} GMACs at the fixed shape > limit"
-    else:
-        value_range = parent.get("input_range", 1)
-        x = (np.random.default_rng(seed).random(shape) * value_range).astype(np.float32)
-        expected = run(original, x)[0]
-        error = max_abs_error(expected, run(model, x)[0])
-        tolerance = 1e-5 * max(1.0, float(np.max(np.abs(expected))))
-        verification.update(max_abs_error=error, tolerance=tolerance, against=str(model_path))
-        if not error <= tolerance:
-            raise VerificationError(f"rewritten graph differs from {model_path} by {error:.3g} "
-                                    f"> {tolerance:.3g}; nothing written")
-    record = {**{k: v for k, v in parent.items()
-                 if k not in ("artifact", "sha256", "created", "command", "versions")},
-              "kind": parent.get("kind", "onnx"),
-              "parent": {"path": str(model_path), "sha256": sha256_file(model_path)},
-              "rewrite": {"passes": passes, "pixel_shuffle": pixel_shuffle,
-                          "fold_meanshift": fold_meanshift},
-              "input_shape": input_shape(model), "output_shape": output_shape(model),
-              "rewrite_verification": verification}
-    return save_onnx(model, out, record)
+    (options,) = _options(values, options or RewriteOptions())
+    return rewrite_file(model_path, out, options)
 
 
 @dataclass
@@ -139,158 +90,64 @@ def check(model_path: str | Path, *, max_rank: int | None = None,
 
 def info(model_path: str | Path, *, shape: tuple[int, int] | None = None) -> dict:
     """Params and conv MACs (total and per layer) that the graph executes at its shape, and, for
-    an optimized graph, the architecture's own figures (from the sidecar), which are what the
+    an optimized graph, the architecture's own figures (from the record), which are what the
     reference table counts; with the matching reference rows."""
     from .costs import architecture_costs, model_info, reference_rows
+    from .errors import UserError
+    from .graph_analysis import receptive_field
+    from .onnx_utils import input_shape
 
-    result = model_info(load_model(model_path), shape)
-    sidecar = read_sidecar(model_path) or {}
-    result["source"] = sidecar.get("source")
-    result["variant"] = sidecar.get("variant")
+    model = load_model(model_path)
+    if shape is not None:
+        fixed = input_shape(model)[2:]
+        if all(isinstance(d, int) and d > 0 for d in fixed):
+            if tuple(fixed) != tuple(shape):
+                raise UserError(f"--shape {shape[0]}x{shape[1]}: {model_path} has a fixed input "
+                                f"of {fixed[0]}x{fixed[1]}; --shape is for graphs with a dynamic "
+                                "input")
+            shape = None
+        else:
+            stride = receptive_field(model).stride
+            if shape[0] % stride or shape[1] % stride:
+                raise UserError(f"--shape {shape[0]}x{shape[1]}: the graph downsamples by "
+                                f"{stride}, so both sides must be multiples of {stride}")
+    result = model_info(model, shape)
+    record = read_record(model_path) or Record("onnx-fp32")
+    result["source"], result["variant"] = record.source, record.variant
     same_shape = result["input_shape"] == [1, 3, *defaults.SHAPE]
-    result["architecture"] = architecture_costs(result, sidecar.get("architecture"))
-    scale = (sidecar.get("config") or {}).get("scale")
-    rows = reference_rows(sidecar.get("source"), sidecar.get("variant")) if same_shape else []
-    result["reference"] = [r for r in rows if sidecar.get("source") and r["scale"] == str(scale)]
+    result["architecture"] = architecture_costs(result, record.sections.get("architecture"))
+    rows = reference_rows(record.source, record.variant) if same_shape else []
+    result["reference"] = [r for r in rows if record.source and r["scale"] == str(record.scale)]
     return result
 
 
-def _graph_input_range(sidecar: dict, override: int | None, model_path) -> int:
-    if override is not None:
-        if override not in (1, 255):
-            raise UserError(f"--input-range {override}: expected 1 or 255")
-        return override
-    if "input_range" not in sidecar:
-        raise UserError(f"{model_path}: no sidecar says its input range; pass --input-range 1|255")
-    return int(sidecar["input_range"])
-
-
-def _heldout_crops(calib: str, scale: int, data_root, crop_size: int, seed: int, count: int):
-    """LR/HR crop pairs not used for calibration: the held-out split of a set that has one
-    (``samples``, ``photos``), else other crop positions (seed + 1) of the same set."""
-    import numpy as np
-
-    from .data.crops import calibration_crops
-    from .data.datasets import get_dataset, split_for
-    from .data.io import to_uint8
-    from .quant.sensitivity import EvalCrops
-
-    heldout = split_for(calib, "heldout")
-    if heldout is not None:
-        dataset, crop_seed = get_dataset(calib, scale, data_root, split=heldout), seed
-    else:
-        dataset, crop_seed = get_dataset(calib, scale, data_root), seed + 1
-    crops = calibration_crops(dataset, count, crop_size, crop_seed)
-    pairs = {pair.name: pair for pair in dataset}
-    hr_images: dict[str, object] = {}
-    hr = []
-    for crop in crops.manifest["crops"]:
-        if crop["image"] not in hr_images:
-            hr_images[crop["image"]] = to_uint8(pairs[crop["image"]].load()[1])
-        y, x, size = crop["y"] * scale, crop["x"] * scale, crop_size * scale
-        hr.append(hr_images[crop["image"]][y:y + size, x:x + size])
-    return EvalCrops(crops.array, np.stack(hr), scale), crops.manifest
-
-
 def quantize(model_path: str | Path = defaults.FP32_ONNX, out: str | Path = defaults.INT8_ONNX,
-             *, calib: str | None = None, data_root: str | Path | None = None,
-             method: str = "max", calib_crops: int = 64, crop_size: int = 128, seed: int = 0,
-             exclude: tuple[str, ...] = (), high_precision: str = "fp32",
-             target: str = "tensorrt", sensitivity: bool = False, max_drop: float | None = None,
-             heldout_crops: int = 16, input_range: int | None = None,
-             progress: bool = True) -> dict:
-    """INT8 PTQ of a fixed-shape graph on calibration crops; writes the QDQ graph + sidecar.
+             options=None, *, progress: bool | None = None, **values) -> dict:
+    """INT8 PTQ of a fixed-shape graph (:class:`~rcan_deploy.quant.ptq.QuantizeOptions`);
+    writes the QDQ graph and its record (see :mod:`rcan_deploy.quant.pipeline`)."""
+    from .quant.pipeline import quantize_file
+    from .quant.ptq import QuantizeOptions
 
-    With ``sensitivity`` (or ``max_drop``) a per-layer PSNR table is measured on held-out crops;
-    ``max_drop`` keeps the most sensitive layers in higher precision until the drop fits.
-    """
-    from .data.crops import calibration_crops
-    from .data.datasets import default_set_name, get_dataset, split_for
-    from .quant.graph import (activation_scales, dynamic_copy, has_global_pooling,
-                              weight_scale_ranges)
-    from .quant.ptq import QuantizeOptions, quantize_model
-    from .quant.sensitivity import fallback, layer_sensitivity, mean_psnr
-
-    model = load_model(model_path)
-    sidecar = read_sidecar(model_path) or {}
-    value_range = _graph_input_range(sidecar, input_range, model_path)
-    scale = graph_scale(model, sidecar, model_path)
-    if max_drop is not None and max_drop < 0:
-        raise UserError(f"--max-drop {max_drop}: expected a non-negative number of dB")
-    calib = calib or default_set_name(scale, data_root)
-    split = split_for(calib, "calibration")
-    dataset = get_dataset(calib, scale, data_root, split=split)
-    crops = calibration_crops(dataset, calib_crops, crop_size, seed, progress=progress)
-    options = QuantizeOptions(method=method, target=target, high_precision=high_precision,
-                              exclude=tuple(exclude))
-    calib_array = crops.array * value_range
-    quantized, record = quantize_model(model, calib_array, options)
-    eval_crops, eval_manifest = _heldout_crops(calib, scale, data_root, crop_size, seed,
-                                               heldout_crops)
-    report: dict = {}
-    if sensitivity or max_drop is not None:
-        report = layer_sensitivity(model, quantized, eval_crops, value_range, progress)
-        if max_drop is not None:
-            report["fallback"] = fallback(quantized, report, eval_crops, value_range, max_drop)
-            kept = tuple(report["fallback"]["kept_float"])
-            if kept:
-                options = QuantizeOptions(method=method, target=target,
-                                          high_precision=high_precision,
-                                          exclude=tuple(exclude), keep_float=kept)
-                quantized, record = quantize_model(model, calib_array, options)
-    fp32_psnr = report.get("fp32_psnr", mean_psnr(dynamic_copy(model), eval_crops, value_range))
-    int8_psnr = mean_psnr(dynamic_copy(quantized), eval_crops, value_range)
-    scales = activation_scales(quantized)
-    meta = {
-        **{k: v for k, v in sidecar.items()
-           if k not in ("artifact", "sha256", "created", "command", "versions", "kind")},
-        "kind": "onnx-int8-qdq",
-        "parent": {"path": str(model_path), "sha256": sha256_file(model_path)},
-        "input_range": value_range,
-        "calibration": {"set": dataset.describe(), "crops": crops.manifest["n_crops"],
-                        "crop_size": crop_size, "seed": seed,
-                        "crops_sha256": crops.manifest["sha256"],
-                        "manifest": crops.manifest["crops"]},
-        "quantization": record,
-        "global_pooling": has_global_pooling(model),
-        "scales": {"activations": scales,
-                   "activation_summary": _summary(list(scales.values())),
-                   "weights_per_channel_range": weight_scale_ranges(quantized)},
-        "heldout": {"set": eval_manifest["dataset"], "crops": len(eval_crops.lr),
-                    "fp32_psnr": fp32_psnr, "int8_psnr": int8_psnr,
-                    "drop": fp32_psnr - int8_psnr,
-                    "protocol": "standard (Y, border = scale) on LR/HR crop pairs"},
-        "input_shape": input_shape(quantized),
-    }
-    if report:
-        meta["sensitivity"] = report
-    return save_onnx(quantized, out, meta)
-
-
-def _summary(values: list[float]) -> dict:
-    import numpy as np
-
-    if not values:
-        return {"count": 0}
-    return {"count": len(values), "min": float(np.min(values)),
-            "median": float(np.median(values)), "max": float(np.max(values))}
+    (options,) = _options(values, options or QuantizeOptions())
+    return quantize_file(model_path, out, options, progress=progress)
 
 
 def upscale(model_path: str | Path, images: list[str | Path], out_dir: str | Path, *,
             runtime: str = "ort", overlap: int | None = None) -> list[dict]:
     """Super-resolve image files of any size with a fixed-shape graph (pad or tile as needed)."""
-    from .tiling import upscale_files
+    from .upscaling import upscale_files
 
     return upscale_files(model_path, images, out_dir, runtime=runtime, overlap=overlap)
 
 
 def fetch(name: str, data_root: str | Path | None = None, *, lr_scales: tuple[int, ...] = (),
-          mirror: str | None = None, progress: bool = True) -> Path:
+          mirror: str | None = None, progress: bool | None = None) -> Path:
     """Download, verify (size, sha256) and install a DIV2K set or ``photos`` under ``data_root``.
 
     ``lr_scales`` applies to DIV2K, ``mirror`` (a Debian archive root) to ``photos``.
     """
     from .data.fetch import fetch_div2k, fetch_photos
+    from .errors import UserError
 
     if name == "photos":
         if lr_scales:
@@ -302,33 +159,12 @@ def fetch(name: str, data_root: str | Path | None = None, *, lr_scales: tuple[in
     return fetch_div2k(name, data_root, progress=progress, lr_scales=tuple(lr_scales))
 
 
-def train(out: str | Path, *, source: str = "official", variant: str = defaults.VARIANT,
-          scale: int = defaults.SCALE, dataset: str = "samples", val_dataset: str | None = None,
-          data_root: str | Path | None = None, weights: str | Path | None = None,
-          resume: bool = False, progress: bool = True, **recipe) -> dict:
-    """Train a registered variant on a data set; write the checkpoint and its model card
-    (``out.json``: recipe, training time, held-out PSNR/SSIM against bicubic)."""
-    from .archs import canonical_variant
-    from .checkpoints import load_checkpoint
-    from .data.datasets import get_dataset
-    from .training import TrainOptions
-    from .training import train as run_training
+def train(out: str | Path, options=None, job=None, *, progress: bool | None = None,
+          **values) -> dict:
+    """Train a registered variant (:class:`~rcan_deploy.training.TrainJob`, recipe
+    :class:`~rcan_deploy.training.TrainOptions`); write the checkpoint and its model card
+    (recipe, training time, held-out PSNR/SSIM vs bicubic)."""
+    from .training import TrainJob, TrainOptions, train_files
 
-    variant = canonical_variant(variant)
-    if val_dataset is None and dataset != "samples":
-        raise UserError("--val-dataset is required unless --dataset samples (which has a "
-                        "held-out split)")
-    val_name = val_dataset or dataset
-    train_set = get_dataset(dataset, scale, data_root,
-                            split="train" if dataset == "samples" else None)
-    val_set = get_dataset(val_name, scale, data_root,
-                          split="heldout" if val_name == "samples" else None)
-    init = None
-    if weights is not None:
-        init = load_checkpoint(weights, source, variant, scale).model
-    record = run_training(source, variant, scale, train_set, val_set, out, TrainOptions(**recipe),
-                          init=init, resume=resume, progress=progress)
-    card = {"kind": "checkpoint", "model_card": True, **record, "init_weights": str(weights)
-            if weights else None, "versions": tool_versions()}
-    write_json(sidecar_path(out), card)
-    return card
+    options, job = _options(values, options or TrainOptions(), job or TrainJob())
+    return train_files(out, options, job, progress=progress)

@@ -10,7 +10,9 @@ Loading is strict: a missing, unexpected or mis-shaped tensor is an error naming
 from __future__ import annotations
 
 import math
+import pickle
 import re
+import zipfile
 from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ from torch import nn
 from . import defaults
 from .archs import RCANConfig, build_model, canonical_variant, get_source, match_variant, variant_config
 from .artifacts import sha256_file
-from .errors import UserError
+from .errors import UserError, short_reason
 
 # Container keys, in order of preference when the user does not choose (--param-key).
 PARAM_KEYS = ("params_ema", "params", "state_dict", "ema_state_dict")
@@ -69,13 +71,16 @@ class ResolvedModel:
     config: RCANConfig
     variant: str  # registered variant name, or "custom"
     weights: dict = field(default_factory=dict)  # path, sha256, param_key; or {"random": seed}
+    input_range: int | None = None  # the network's own range when it is not the layout's
+    forward: dict = field(default_factory=dict)  # BasicSR img_range, rgb_mean, res_scale
 
     @property
     def native_range(self) -> int:
-        return get_source(self.source).native_range
+        return self.input_range or get_source(self.source).native_range
 
     def describe(self) -> dict:
-        return {"source": self.source, "variant": self.variant, "config": self.config.as_dict(),
+        config = {**self.config.as_dict(), **({"forward": self.forward} if self.forward else {})}
+        return {"source": self.source, "variant": self.variant, "config": config,
                 "native_input_range": self.native_range, "weights": self.weights}
 
 
@@ -84,11 +89,12 @@ def read_state_dict(path: str | Path, param_key: str | None = None) -> tuple[dic
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--weights {path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for non-checkpoint files
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--weights {path}: not a readable PyTorch checkpoint ({reason})") from None
+    if _is_torchscript(path):
+        obj, used_format = _torchscript_state(path), "torchscript"
+    else:
+        obj, used_format = _load_plain(path), None
+    if used_format:
+        obj = {"state_dict": obj}
     if not isinstance(obj, dict) or not obj:
         raise UserError(f"--weights {path}: expected a dict of tensors, found {type(obj).__name__}")
     used = None
@@ -105,7 +111,53 @@ def read_state_dict(path: str | Path, param_key: str | None = None) -> tuple[dic
                if isinstance(v, torch.Tensor) and k not in _DROPPED_KEYS}
     if not tensors:
         raise UserError(f"--weights {path}: holds no tensors (keys: {_first(list(obj))})")
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise UserError(f"--weights {path}: tensor {key} is {str(tensor.dtype)[6:]}; RCAN "
+                            "weights are floating point (the file is not an RCAN checkpoint, or "
+                            "was edited)")
+        if not torch.isfinite(tensor).all():
+            raise UserError(f"--weights {path}: tensor {key} holds NaN or infinite values (a "
+                            "diverged training run?)")
     return tensors, used
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with a ``code/`` folder)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _torchscript_state(path: Path) -> dict:
+    """The tensors of a TorchScript module (no Python code of the file runs)."""
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch.jit raises RuntimeError subclasses with C++ traces
+        raise UserError(f"--weights {path}: a TorchScript archive that torch cannot load "
+                        f"({short_reason(exc)})") from None
+    return dict(module.state_dict())
+
+
+def _load_plain(path: Path):
+    """``torch.load`` with ``weights_only``: tensors and containers only, no pickled code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            detail = str(exc).split("WeightsUnpickler error:")[-1]
+            raise UserError(f"--weights {path}: not a readable PyTorch checkpoint "
+                            f"({short_reason(Exception(detail))})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"a pickled {found.group(1)} object" if found else "pickled Python objects"
+        raise UserError(f"--weights {path}: holds {what}, not a state_dict; load it in the code "
+                        "that made it and save the weights alone with "
+                        "torch.save(model.state_dict(), 'weights.pt')") from None
+    except Exception as exc:  # torch raises many types for non-checkpoint files
+        raise UserError(f"--weights {path}: not a readable PyTorch checkpoint "
+                        f"({short_reason(exc)})") from None
 
 
 def _strip_prefix(key: str) -> str:
@@ -193,14 +245,22 @@ def load_strict(model: nn.Module, state: dict, what: str) -> None:
 
 
 def load_checkpoint(path: str | Path, source: str | None = None, variant: str | None = None,
-                    scale: int | None = None, param_key: str | None = None) -> ResolvedModel:
+                    scale: int | None = None, param_key: str | None = None,
+                    forward: dict | None = None) -> ResolvedModel:
     """Build the network a checkpoint holds and load it strictly.
 
     ``source``, ``variant`` and ``scale`` are optional checks: when given and the checkpoint
     says otherwise, the result is an error rather than a silently different network.
     """
     state, used_key = read_state_dict(path, param_key)
-    detected = detect_source(state)
+    try:
+        detected = detect_source(state)
+    except UserError as exc:
+        raise UserError(f"--weights {path}: {exc}") from None
+    check_forward(detected, forward)
+    if detected == "basicsr" and "mean" in state:  # a TorchScript BasicSR RCAN keeps rgb_mean
+        mean = [float(v) for v in state.pop("mean").flatten()]
+        forward = {"rgb_mean": tuple(mean), **(forward or {})} if len(mean) == 3 else forward
     if source is not None and get_source(source).name != detected:
         raise UserError(f"--source {source}, but {path} is in the {detected} layout")
     config = infer_config(detected, state)
@@ -212,10 +272,19 @@ def load_checkpoint(path: str | Path, source: str | None = None, variant: str | 
         if variant_config(wanted, config.scale) != config:
             raise UserError(f"--variant {wanted}, but {path} is {config.describe()}"
                             f" ({name or 'no registered variant'})")
-    model = build_model(detected, config)
+    model = build_model(detected, config, forward)
     load_strict(model, state, f"{path} does not fit {detected} RCAN {config.describe()}")
     weights = {"path": str(path), "sha256": sha256_file(path), "param_key": used_key}
-    return ResolvedModel(model, detected, config, name or "custom", weights)
+    native = _official_range(state) if detected == "official" else None
+    return ResolvedModel(model, detected, config, name or "custom", weights, native,
+                         dict(forward or {}))
+
+
+def _official_range(state: dict) -> int:
+    """The rgb_range an official checkpoint was trained with: its ``sub_mean`` bias is
+    -rgb_range * mean, so |bias| <= 1 means inputs in 0..1, else 0..255."""
+    bias = state.get("sub_mean.bias")
+    return 1 if bias is not None and float(bias.abs().max()) <= 1.5 else 255
 
 
 def shipped_checkpoint(variant: str, scale: int) -> Path | None:
@@ -246,32 +315,86 @@ def convert_official(resolved: "ResolvedModel", target: str) -> nn.Module:
     return model
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network a command works on: a checkpoint (``weights``, any layout; ``source``,
+    ``variant`` and ``scale`` are checks), or a named variant with its shipped checkpoint, or
+    seeded random weights. ``img_range``, ``rgb_mean`` and ``res_scale`` are BasicSR's
+    constructor arguments, which its checkpoints do not store (standard configs use the
+    defaults: 255, the DIV2K mean, 1)."""
+
+    source: str | None = None
+    variant: str | None = None
+    scale: int | None = None
+    weights: str | Path | None = None
+    random_weights: bool = False
+    param_key: str | None = None
+    seed: int = 0
+    img_range: float | None = None
+    rgb_mean: tuple[float, float, float] | None = None
+    res_scale: float | None = None
+
+    def resolve(self) -> "ResolvedModel":
+        forward = {k: v for k, v in (("img_range", self.img_range), ("rgb_mean", self.rgb_mean),
+                                     ("res_scale", self.res_scale)) if v is not None}
+        return resolve_model(self.source, self.variant, self.scale, self.weights,
+                             self.random_weights, self.param_key, self.seed, forward)
+
+
+def check_forward(source: str, forward: dict | None) -> None:
+    """BasicSR's forward constants apply to the basicsr layout only, and must be sane."""
+    if not forward:
+        return
+    if source != "basicsr":
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in forward)
+        raise UserError(f"{flags} apply to --source basicsr only (the {source} layout keeps its "
+                        "mean shift in the checkpoint)")
+    if "img_range" in forward and not (math.isfinite(forward["img_range"])
+                                       and forward["img_range"] > 0):
+        raise UserError(f"--img-range {forward['img_range']}: expected a positive number")
+    if "res_scale" in forward and not math.isfinite(forward["res_scale"]):
+        raise UserError(f"--res-scale {forward['res_scale']}: expected a finite number")
+    mean = forward.get("rgb_mean")
+    if mean is not None and (len(mean) != 3 or not all(math.isfinite(m) for m in mean)):
+        raise UserError(f"--rgb-mean {mean}: expected three finite numbers R,G,B")
+
+
 def resolve_model(source: str | None = None, variant: str | None = None,
                   scale: int | None = None, weights: str | Path | None = None,
                   random_weights: bool = False, param_key: str | None = None,
-                  seed: int = 0) -> ResolvedModel:
+                  seed: int = 0, forward: dict | None = None) -> ResolvedModel:
     """The network a command works on: from ``weights``, or freshly initialised with ``seed``."""
     if weights is not None and random_weights:
         raise UserError("--weights and --random-weights exclude each other; pass one")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int)
+                              or not 2 <= scale <= 16):
+        raise UserError(f"--scale {scale}: expected an integer 2..16")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"--seed {seed}: expected an integer 0..2**32-1")
     if weights is not None:
-        return load_checkpoint(weights, source, variant, scale, param_key)
+        return load_checkpoint(weights, source, variant, scale, param_key, forward)
     name = canonical_variant(variant or defaults.VARIANT)
     if param_key is not None:
         raise UserError("--param-key applies only with --weights")
     source = get_source(source or defaults.SOURCE).name
-    scale = scale or defaults.SCALE
+    scale = defaults.SCALE if scale is None else scale
+    check_forward(source, forward)
     if not random_weights:
         shipped = shipped_checkpoint(name, scale)
         if shipped is None:
             raise UserError(f"no shipped checkpoint for {name} x{scale}: pass --weights PATH "
                             "(a checkpoint) or --random-weights")
+        if forward:
+            raise UserError("--img-range, --rgb-mean and --res-scale describe a BasicSR "
+                            "checkpoint: pass it with --weights")
         resolved = load_checkpoint(shipped, "official", name, scale)
         resolved.weights["shipped"] = True
         if source != "official":
             resolved.model = convert_official(resolved, source).eval()
-            resolved.source = source
+            resolved.source, resolved.input_range = source, None
             resolved.weights["converted_from"] = "official"
         return resolved
     config = variant_config(name, scale)
     torch.manual_seed(seed)
-    return ResolvedModel(build_model(source, config), source, config, name, {"random": seed})
+    return ResolvedModel(build_model(source, config, forward), source, config, name,
+                         {"random": seed}, forward=dict(forward or {}))

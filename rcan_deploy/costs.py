@@ -45,14 +45,16 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return shapes
 
 
-def _weight_array(name: str, initializers: dict, producers: dict) -> np.ndarray | None:
-    """The initializer behind ``name``, looking through Q/DQ pairs (QDQ graph weights)."""
+def _weight(name: str, initializers: dict,
+            producers: dict) -> tuple[str | None, np.ndarray | None]:
+    """(name, array) of the initializer behind ``name``, looking through Q/DQ pairs (QDQ graph
+    weights); (None, None) when there is none."""
     while name not in initializers:
         node = producers.get(name)
         if node is None or node.op_type not in ("DequantizeLinear", "QuantizeLinear"):
-            return None
+            return None, None
         name = node.input[0]
-    return initializers[name]
+    return name, initializers[name]
 
 
 def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
@@ -64,11 +66,14 @@ def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
             initializers[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
     producers = {out: node for node in model.graph.node for out in node.output}
     costs = []
+    # A layer applied twice (CBAM's shared MLP: same weight and bias initializers) counts once;
+    # equal weights with other biases (official MeanShift convs, deduplicated) count each.
+    counted: set[tuple] = set()
     for node in model.graph.node:
         if node.op_type not in CONV_OPS:
             continue
         x, y = shapes.get(node.input[0]), shapes.get(node.output[0])
-        weight = _weight_array(node.input[1], initializers, producers)
+        weight_name, weight = _weight(node.input[1], initializers, producers)
         if x is None or y is None or weight is None:
             raise UserError(f"node {node.name or node.output[0]}: shapes or weights unknown; "
                             "info needs a fixed-shape graph (use --shape HxW)")
@@ -78,10 +83,13 @@ def layer_costs(model: onnx.ModelProto) -> list[LayerCost]:
             macs = int(np.prod(y)) * (x[1] // group) * int(np.prod(kernel))
         else:
             macs = int(np.prod(x)) * (y[1] // group) * int(np.prod(kernel))
-        bias = None
+        bias_name, bias = None, None
         if len(node.input) > 2 and node.input[2]:
-            bias = _weight_array(node.input[2], initializers, producers)
-        params = int(weight.size) + (int(bias.size) if bias is not None else 0)
+            bias_name, bias = _weight(node.input[2], initializers, producers)
+        layer = (weight_name, bias_name)  # the same weights and bias: one layer applied twice
+        params = 0 if layer in counted else int(weight.size) + (int(bias.size) if bias is not None
+                                                                else 0)
+        counted.add(layer)
         costs.append(LayerCost(node.name or node.output[0], node.op_type, x, y, kernel, macs,
                                int(np.prod(y)) if bias is not None else 0, params))
     return costs

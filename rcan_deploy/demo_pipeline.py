@@ -10,6 +10,7 @@ from . import api, defaults
 from .benchmark import bench, gate
 
 VARIANT = "rcan-sr4k"
+RUNTIME = "openvino"  # int8 kernels on CPU
 # Held-out crop PSNR budget for the sensitivity fallback, below the gate's 0.1 dB to leave room
 # for the difference between crops and whole images. On the shipped SR4K RCAN it keeps 11 of 19
 # layers in float; 0.06 dB keeps only the upsampler and head convs, but then the whole-image vacc
@@ -17,8 +18,8 @@ VARIANT = "rcan-sr4k"
 FALLBACK_MAX_DROP = 0.05
 
 
-def demo(out_dir: str | Path = "rcan_deploy_demo", *, runtime: str = "openvino",
-         progress: bool = True, echo: Callable[[str], None] = print) -> dict:
+def demo(out_dir: str | Path = "rcan_deploy_demo", *, runtime: str = RUNTIME,
+         progress: bool | None = None, echo: Callable[[str], None] = print) -> dict:
     """Run the whole pipeline on the bundled model and images; return paths, bench and gate."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -30,7 +31,7 @@ def demo(out_dir: str | Path = "rcan_deploy_demo", *, runtime: str = "openvino",
     api.rewrite(fp32, rewritten, pixel_shuffle="convtranspose")
     echo(f"[3/5] INT8 PTQ on samples crops, max calibration, fallback to <= {FALLBACK_MAX_DROP} dB"
          f" -> {int8}")
-    quantized = api.quantize(rewritten, int8, calib="samples", max_drop=FALLBACK_MAX_DROP,
+    quantized = api.quantize(rewritten, int8, dataset="samples", max_drop=FALLBACK_MAX_DROP,
                              progress=progress)
     echo(f"[4/5] bench INT8 vs FP32 on the held-out samples ({runtime}) -> {report_dir}")
     result = bench(model=int8, runtime=runtime, reference=rewritten, dataset="samples",

@@ -22,15 +22,15 @@ import torch
 from torch import nn
 
 from . import defaults
-from .artifacts import save_onnx
 from .checkpoints import ResolvedModel
 from .costs import cost_totals, model_info
 from .errors import UserError, VerificationError
 from .onnx_utils import input_shape, max_abs_error, output_shape, run, simplify
 from .passes.check import graph_report
-from .passes.optimize import PIXEL_SHUFFLE_CHOICES, OptimizeOptions, optimize_graph
+from .passes.optimize import OptimizeOptions, optimize_graph
+from .record import Record, save_onnx
 
-INPUT_RANGES = ("native", "1", "255")
+INPUT_RANGES = defaults.EXPORT_INPUT_RANGES
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,12 @@ def _check_options(resolved: ResolvedModel, options: ExportOptions) -> None:
     if not 11 <= options.opset <= 21:
         raise UserError(f"--opset {options.opset}: expected 11..21 (DepthToSpace CRD needs 11)")
     stride = resolved.config.head_stride
+    h, w = options.shape
+    if max(h, w) > defaults.MAX_SIDE or 3 * h * w * resolved.config.scale**2 > \
+            defaults.MAX_OUTPUT_ELEMENTS:
+        raise UserError(f"--shape {h}x{w}: the x{resolved.config.scale} output would exceed "
+                        f"{defaults.MAX_OUTPUT_ELEMENTS} elements (sides up to "
+                        f"{defaults.MAX_SIDE}), which runtimes with 32-bit indexing reject")
     for h, w in (options.shape, options.verify_shape):
         if h < 8 or w < 8 or h % stride or w % stride:
             raise UserError(f"--shape {h}x{w}: need at least 8x8 and multiples of the head "
@@ -160,5 +166,5 @@ def export(resolved: ResolvedModel, out: str | Path = defaults.FP32_ONNX,
            options: ExportOptions = ExportOptions()) -> ExportResult:
     """Export and write ``out`` and its JSON sidecar atomically; return the result."""
     result = export_model(resolved, options)
-    result.record = save_onnx(result.model, out, result.record)
+    result.record = save_onnx(result.model, out, Record.new(**result.record))
     return result

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import UserError
+from .errors import UserError, short_reason
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
@@ -16,18 +16,31 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if not path.is_file():
         raise UserError(f"{path}: no such ONNX file")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
     except Exception as exc:  # protobuf raises several types for garbage input
         raise UserError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    if model.ir_version < 3 or not model.graph.node:  # an empty file parses as an empty model
+        what = "an empty file" if path.stat().st_size == 0 else "no graph nodes"
+        raise UserError(f"{path}: not an ONNX model ({what})")
+    return model
 
 
 def input_shape(model: onnx.ModelProto) -> list[int | str]:
-    """Shape of the first graph input: ints for fixed dims, names for symbolic ones."""
-    return tensor_shape(model.graph.input[0])
+    """Shape of the first graph input (not an initializer): ints for fixed dims, names for
+    symbolic ones."""
+    constants = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in constants]
+    if not inputs:
+        raise UserError("the graph has no input")
+    return tensor_shape(inputs[0])
 
 
 def output_shape(model: onnx.ModelProto) -> list[int | str]:
     """Shape of the first graph output: ints for fixed dims, names for symbolic ones."""
+    if not model.graph.output:
+        raise UserError("the graph has no output")
     return tensor_shape(model.graph.output[0])
 
 
@@ -40,6 +53,7 @@ def ort_session(model: onnx.ModelProto | str | Path, threads: int | None = None)
     """An ONNX Runtime CPU session with all graph optimisations and quiet logging."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # errors only: warnings would add lines to stderr
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -75,17 +89,16 @@ def simplify(model: onnx.ModelProto, shape: list[int] | None = None) -> onnx.Mod
     except Exception as exc:  # onnxsim reports shape conflicts as RuntimeError/InferenceError
         if shape is None:
             raise
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot fix the graph input to {list(shape)}: {first}") from None
+        raise UserError(f"cannot fix the graph input to {list(shape)}: "
+                        f"{short_reason(exc)}") from None
     return simplified
 
 
-def graph_scale(model: onnx.ModelProto, sidecar: dict, name: str | Path) -> int:
-    """Upscaling factor of an SR graph: ``config.scale`` of its sidecar, else output H / input H
-    of a fixed-shape graph; a UserError naming ``name`` when neither tells."""
-    scale = (sidecar.get("config") or {}).get("scale")
-    if scale:
-        return int(scale)
+def graph_scale(model: onnx.ModelProto, record, name: str | Path) -> int:
+    """Upscaling factor of an SR graph: ``scale`` of its record, else output H / input H of a
+    fixed-shape graph; a UserError naming ``name`` when neither tells."""
+    if record is not None and record.scale:
+        return record.scale
     h_in, h_out = input_shape(model)[2], output_shape(model)[2]
     if not (isinstance(h_in, int) and isinstance(h_out, int) and h_in > 0 and h_out % h_in == 0):
         raise UserError(f"{name}: no sidecar with config.scale and the graph shape is dynamic, "

@@ -1,6 +1,7 @@
 """Bench harness, report and CI gate on a tiny 64x96 graph (random weights: poor absolute PSNR,
 fine for structure) and its INT8 QDQ graph."""
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -14,7 +15,7 @@ from onnx import numpy_helper
 
 import rcan_deploy
 from rcan_deploy.benchmark import BenchResult, bench, gate
-from rcan_deploy.benchmark.chain import find_fp32_reference
+from rcan_deploy.record import lineage
 from rcan_deploy.cli import main
 from rcan_deploy.cli.bench_commands import bench_command, gate_command
 from rcan_deploy.cli.commands import cli
@@ -36,7 +37,7 @@ def graphs(tmp_path_factory):
     fp32, int8 = folder / "rcan.onnx", folder / "rcan_int8.onnx"
     rcan_deploy.export(fp32, source="official", variant="rcan2-sr4k", random_weights=True,
                        shape=(64, 96))
-    rcan_deploy.quantize(fp32, int8, calib="samples", calib_crops=8, crop_size=48,
+    rcan_deploy.quantize(fp32, int8, dataset="samples", calib_crops=8, crop_size=48,
                          heldout_crops=4, progress=False)
     return fp32, int8
 
@@ -49,7 +50,7 @@ def good(graphs, tmp_path_factory):
 
 def _one_line_error(capsys, code, expected_code, *fragments):
     err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("rcan-deploy:")]
+    errors = [line for line in err if line.startswith("rcan-deploy")]
     assert code == expected_code and len(errors) == 1, err
     assert all(fragment in errors[0] for fragment in fragments), errors[0]
 
@@ -122,7 +123,7 @@ def test_reference_found_through_the_sidecar_chain(good, graphs, tmp_path, monke
     fp32, int8 = graphs
     assert result.reference["path"] == str(fp32) and result.reference["precision"] == "fp32"
     assert result.provenance["reference_found_by"] == "sidecar chain"
-    assert find_fp32_reference(int8) == fp32 and find_fp32_reference(fp32) == fp32
+    assert lineage(int8)[-1].path == fp32 and lineage(fp32)[-1].path == fp32
     # a relative parent path is also looked up next to the child
     moved = tmp_path / "moved"
     moved.mkdir()
@@ -133,10 +134,10 @@ def test_reference_found_through_the_sidecar_chain(good, graphs, tmp_path, monke
     (moved / f"{int8.name}.json").write_text(json.dumps(sidecar))
     shutil.copy(f"{fp32}.json", moved / f"{fp32.name}.json")
     monkeypatch.chdir(tmp_path)
-    assert find_fp32_reference(moved / int8.name) == moved / fp32.name
+    assert lineage(moved / int8.name)[-1].path == moved / fp32.name
     (moved / fp32.name).unlink()
     with pytest.raises(UserError, match=f"parent {fp32.name} does not exist"):
-        find_fp32_reference(moved / int8.name)
+        lineage(moved / int8.name)
 
 
 def test_torch_runner_rebuilds_the_fp32_network(graphs):
@@ -169,7 +170,9 @@ def _damage(int8: Path, out: Path) -> None:
         tensor = initializers[name]
         tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * 8, name))
     onnx.save(model, out)
-    shutil.copy(f"{int8}.json", f"{out}.json")
+    sidecar = json.loads(Path(f"{int8}.json").read_text())
+    sidecar["sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()  # a consistent pair
+    Path(f"{out}.json").write_text(json.dumps(sidecar))
 
 
 def test_gate_exit_codes(good, graphs, tmp_path, capsys):
@@ -182,7 +185,7 @@ def test_gate_exit_codes(good, graphs, tmp_path, capsys):
 
     damaged = tmp_path / "damaged_int8.onnx"
     _damage(graphs[1], damaged)
-    assert main(["bench", "--model", str(damaged), "--limit", "2", "--warmup", "0",
+    assert main(["bench", str(damaged), "--limit", "2", "--warmup", "0",
                  "--repeat", "1", "--out", str(tmp_path / "bad")]) == 0
     assert "report: " in capsys.readouterr().out
     code = main(["gate", str(tmp_path / "bad" / "report.json")])
@@ -205,16 +208,14 @@ def test_gate_exit_codes(good, graphs, tmp_path, capsys):
 
 
 def test_bench_engine_without_tensorrt_is_one_line(graphs, tmp_path, capsys):
-    backends = Path(rcan_deploy.__file__).parent / "backends"
-    if not (backends / "tensorrt.py").is_file():
-        pytest.skip("rcan_deploy/backends/tensorrt.py (the TensorRT runner) is not there yet")
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
     engine = tmp_path / "rcan_int8.plan"
     engine.write_bytes(b"not an engine")
-    sidecar = {"kind": "tensorrt-engine", "precision": "int8",
+    sidecar = {"schema_version": 1, "kind": "tensorrt-engine", "precision": "int8",
+               "sha256": hashlib.sha256(b"not an engine").hexdigest(),
                "parent": {"path": str(graphs[1])}}
     Path(f"{engine}.json").write_text(json.dumps(sidecar))
-    code = main(["bench", "--engine", str(engine), "--limit", "1", "--out", str(tmp_path / "r")])
+    code = main(["bench", str(engine), "--limit", "1", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "tensorrt" in err[0].lower(), err

@@ -34,7 +34,7 @@ def _ops(model):
 
 def test_qdq_graph_keeps_names_shapes_and_records_calibration(small_graph, tmp_path):
     out = tmp_path / "int8.onnx"
-    record = api.quantize(small_graph, out, calib="samples", **FAST)
+    record = api.quantize(small_graph, out, dataset="samples", **FAST)
     model = onnx.load(out)
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 64, 96]
@@ -57,17 +57,18 @@ def test_qdq_graph_keeps_names_shapes_and_records_calibration(small_graph, tmp_p
     assert abs(side["heldout"]["drop"]) < 1.0 and side["global_pooling"] is False
 
 
+@pytest.mark.slow
 def test_same_seed_same_scales(small_graph, tmp_path):
-    a = api.quantize(small_graph, tmp_path / "a.onnx", calib="samples", seed=3, **FAST)
-    b = api.quantize(small_graph, tmp_path / "b.onnx", calib="samples", seed=3, **FAST)
-    c = api.quantize(small_graph, tmp_path / "c.onnx", calib="samples", seed=4, **FAST)
+    a = api.quantize(small_graph, tmp_path / "a.onnx", dataset="samples", seed=3, **FAST)
+    b = api.quantize(small_graph, tmp_path / "b.onnx", dataset="samples", seed=3, **FAST)
+    c = api.quantize(small_graph, tmp_path / "c.onnx", dataset="samples", seed=4, **FAST)
     assert a["calibration"]["crops_sha256"] == b["calibration"]["crops_sha256"]
     assert a["scales"]["activations"] == b["scales"]["activations"]
     assert a["calibration"]["crops_sha256"] != c["calibration"]["crops_sha256"]
 
 
 def test_exclude_and_cpu_target(small_graph, tmp_path):
-    record = api.quantize(small_graph, tmp_path / "cpu.onnx", calib="samples", target="cpu",
+    record = api.quantize(small_graph, tmp_path / "cpu.onnx", dataset="samples", target="cpu",
                           exclude=("tail",), **FAST)
     assert record["quantization"]["excluded_nodes"]
     assert not any("tail" in name for name in record["quantization"]["quantized_layers"])
@@ -78,7 +79,7 @@ def test_exclude_and_cpu_target(small_graph, tmp_path):
 
 
 def test_sensitivity_table_and_fallback(small_graph, tmp_path):
-    record = api.quantize(small_graph, tmp_path / "s.onnx", calib="samples", sensitivity=True,
+    record = api.quantize(small_graph, tmp_path / "s.onnx", dataset="samples", sensitivity=True,
                           **FAST)
     table = record["sensitivity"]
     assert {row["layer"] for row in table["layers"]} == set(record["quantization"]["quantized_layers"])
@@ -105,7 +106,7 @@ def test_max_drop_requantizes_without_kept_layers(small_graph, tmp_path, monkeyp
                 "met": True}
 
     monkeypatch.setattr(sensitivity, "fallback", fake_fallback)
-    record = api.quantize(small_graph, tmp_path / "f.onnx", calib="samples", max_drop=0.01, **FAST)
+    record = api.quantize(small_graph, tmp_path / "f.onnx", dataset="samples", max_drop=0.01, **FAST)
     kept = record["sensitivity"]["fallback"]["kept_float"]
     assert kept and kept[0] in record["quantization"]["excluded_nodes"]
     assert kept[0] not in quantized_layers(onnx.load(tmp_path / "f.onnx"))
@@ -126,7 +127,7 @@ def test_div2k_tree_with_hr_only_is_used(small_graph, tmp_path):
     for index, name in enumerate(["chelsea.png", "coffee.png"]):
         shutil.copy(samples_folder() / name, hr / f"{801 + index:04d}.png")
     with pytest.warns(UserWarning, match="only 2 of the 100 div2k_valid images"):
-        record = api.quantize(small_graph, tmp_path / "d.onnx", calib="div2k_valid",
+        record = api.quantize(small_graph, tmp_path / "d.onnx", dataset="div2k_valid",
                               data_root=tmp_path / "data", **FAST)
     assert record["calibration"]["set"]["name"] == "div2k_valid"
     assert record["calibration"]["set"]["count"] == 2
@@ -136,7 +137,7 @@ def test_div2k_tree_with_hr_only_is_used(small_graph, tmp_path):
 def test_empty_calibration_folder_is_an_error(small_graph, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError):
-        api.quantize(small_graph, tmp_path / "e.onnx", calib=str(tmp_path / "empty"), **FAST)
+        api.quantize(small_graph, tmp_path / "e.onnx", dataset=str(tmp_path / "empty"), **FAST)
     assert not (tmp_path / "e.onnx").exists()
 
 
@@ -144,16 +145,17 @@ def test_graph_without_sidecar_needs_input_range(small_graph, tmp_path):
     bare = tmp_path / "bare.onnx"
     shutil.copy(small_graph, bare)
     with pytest.raises(UserError, match="--input-range"):
-        api.quantize(bare, tmp_path / "b.onnx", calib="samples", **FAST)
-    record = api.quantize(bare, tmp_path / "b.onnx", calib="samples", input_range=255, **FAST)
+        api.quantize(bare, tmp_path / "b.onnx", dataset="samples", **FAST)
+    record = api.quantize(bare, tmp_path / "b.onnx", dataset="samples", input_range=255, **FAST)
     assert record["input_range"] == 255
 
 
+@pytest.mark.slow
 def test_end_to_end_1080p_sr4k(tmp_path):
     """The issue's target: the exported SR4K RCAN graph at 1x3x1080x1920 quantizes on crops."""
     fp32 = tmp_path / "rcan.onnx"
     rcan_deploy.export(fp32, source="official", variant="rcan-sr4k", random_weights=True)
-    record = api.quantize(fp32, tmp_path / "rcan_int8.onnx", calib="samples", heldout_crops=4,
+    record = api.quantize(fp32, tmp_path / "rcan_int8.onnx", dataset="samples", heldout_crops=4,
                           progress=False)
     assert record["input_shape"] == [1, 3, 1080, 1920]
     assert record["calibration"]["crops"] == 64 and record["calibration"]["crop_size"] == 128
@@ -165,7 +167,7 @@ def test_float_layers_dequantizes_int8_weight_constants(small_graph, tmp_path):
     """ONNX Runtime's cpu target stores int8 weights; keeping a layer float dequantizes them."""
     from rcan_deploy.quant.graph import float_layers
 
-    api.quantize(small_graph, tmp_path / "cpu.onnx", calib="samples", target="cpu", **FAST)
+    api.quantize(small_graph, tmp_path / "cpu.onnx", dataset="samples", target="cpu", **FAST)
     qdq = onnx.load(tmp_path / "cpu.onnx")
     layer = quantized_layers(qdq)[0]
     floated = float_layers(qdq, [layer])

@@ -199,7 +199,7 @@ def test_cpu_target_qdq_graph_is_refused_before_tensorrt(tiny, tmp_path):
     path, _ = tiny
     cpu, trt = tmp_path / "cpu.onnx", tmp_path / "trt.onnx"
     for out, target in ((cpu, "cpu"), (trt, "tensorrt")):
-        rcan_deploy.quantize(path, out, calib="samples", calib_crops=2, crop_size=32,
+        rcan_deploy.quantize(path, out, dataset="samples", calib_crops=2, crop_size=32,
                              heldout_crops=1, target=target, progress=False)
     for precision in ("int8", "best"):
         with pytest.raises(UserError, match="uint8 or non-zero zero points.*--target cpu.*"
@@ -251,7 +251,7 @@ def test_engine_sidecar_record(tiny):
     fp16 = {"reference": "8 crops", "data_max": 512.0, "kept_fp32": ["/x/Mul"]}
     result = BuildResult(io, ["Unfused DequantizeLinear 'dq'"], fp16)
     record = engine_record(options, network_plan("fp16", False, True), path, "10.13.3", GPU,
-                           result, 12.345)
+                           result, 12.345).to_json()
     parent = json.loads((path.parent / "rcan.onnx.json").read_text())
     assert record["kind"] == "tensorrt-engine" and record["precision"] == "fp16"
     assert record["parent"]["path"] == str(path) and record["parent"]["kind"] == "onnx-fp32"
@@ -274,7 +274,7 @@ def test_mismatch_error_names_both_builds(tmp_path):
     assert "TensorRT 11.4.0 on NVIDIA H100 80GB HBM3 (sm 9.0)" in message
     assert "no sidecar" in message and "(version tag mismatch)" in message
     write_json(tmp_path / "rcan_int8.plan.json",
-               {"tensorrt": {"version": "10.13.3"},
+               {"kind": "tensorrt-engine", "tensorrt": {"version": "10.13.3"},
                 "gpu": {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}})
     message = str(mismatch_error(engine, "11.4.0", GPU, None))
     assert "built with TensorRT 10.13.3 on NVIDIA GeForce RTX 4090 (sm 8.9)" in message

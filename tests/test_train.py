@@ -11,7 +11,7 @@ from rcan_deploy.checkpoints import (convert_official, load_checkpoint, resolve_
 from rcan_deploy.data.datasets import Dataset, get_dataset
 from rcan_deploy.training import TrainOptions, evaluate_model, train
 
-TINY = TrainOptions(steps=30, batch_size=4, patch_size=16, lr=1e-3, val_every=10, seed=1)
+TINY = TrainOptions(steps=30, batch_size=4, patch_size=16, learning_rate=1e-3, val_every=10, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +69,7 @@ def test_resume_matches_uninterrupted_run(data, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("variant", ["rcan-sr4k", "rcan2-sr4k", "rcan-slim"])
 def test_shipped_checkpoints_beat_bicubic(data, variant):
-    path = shipped_checkpoint(variant, 2)
-    if path is None:
-        pytest.skip(f"no shipped checkpoint for {variant} in models/")
+    assert shipped_checkpoint(variant, 2) is not None, f"models/{variant}_x2.pt is missing"
     resolved = resolve_model("official", variant, 2)
     assert resolved.weights["shipped"] and resolved.config == variant_config(variant, 2)
     result = evaluate_model(resolved.model, data[1], 255, resolved.config.head_stride,
@@ -80,8 +78,7 @@ def test_shipped_checkpoints_beat_bicubic(data, variant):
 
 
 def test_shipped_model_converts_to_basicsr(data):
-    if shipped_checkpoint("rcan-sr4k", 2) is None:
-        pytest.skip("no shipped rcan-sr4k checkpoint")
+    assert shipped_checkpoint("rcan-sr4k", 2) is not None, "models/rcan-sr4k_x2.pt is missing"
     official = resolve_model("official", "rcan-sr4k", 2)
     basicsr = resolve_model("basicsr", "rcan-sr4k", 2)
     assert basicsr.source == "basicsr" and basicsr.weights["converted_from"] == "official"
@@ -89,12 +86,14 @@ def test_shipped_model_converts_to_basicsr(data):
     with torch.no_grad():
         np.testing.assert_allclose(basicsr.model(x).numpy() * 255,
                                    official.model(x * 255).numpy(), atol=1e-3)
-    assert convert_official(official, "basicsr") is not None
+    converted = convert_official(official, "basicsr").state_dict()
+    assert set(converted) == set(basicsr.model.state_dict())
+    for key, tensor in basicsr.model.state_dict().items():
+        assert torch.equal(converted[key], tensor), key
 
 
 def test_torch_runner_rebuilds_a_converted_shipped_model(tmp_path):
-    if shipped_checkpoint("rcan2-sr4k", 2) is None:
-        pytest.skip("no shipped rcan2-sr4k checkpoint")
+    assert shipped_checkpoint("rcan2-sr4k", 2) is not None, "models/rcan2-sr4k_x2.pt is missing"
     import rcan_deploy
     from rcan_deploy.backends import get_runner
 

@@ -9,8 +9,8 @@ import onnx
 import pytest
 import torch
 
-from rcan_deploy import tiling as up
-from rcan_deploy.artifacts import save_onnx
+from rcan_deploy import graph_analysis, upscaling as up
+from rcan_deploy.record import Record, save_onnx
 from rcan_deploy.backends import RUNTIMES, OnnxRuntimeRunner, get_runner
 from rcan_deploy.backends.base import import_optional
 from rcan_deploy.errors import UserError
@@ -111,8 +111,8 @@ def strided():
 @pytest.mark.parametrize("builder, margin, stride", [(plain_sr, 3, 1), (strided_sr, 6, 2)])
 def test_receptive_margin_matches_perturbation(builder, margin, stride):
     dynamic = export(builder())
-    assert up.receptive_margin(dynamic) == (margin, False)
-    assert up.receptive_field(export(builder(), (48, 64))).stride == stride
+    assert graph_analysis.receptive_margin(dynamic) == (margin, False)
+    assert graph_analysis.receptive_field(export(builder(), (48, 64))).stride == stride
     assert measured_margin(dynamic, 2) == margin
 
 
@@ -120,14 +120,14 @@ def test_receptive_margin_matches_perturbation(builder, margin, stride):
 def test_receptive_margin_same_for_every_pixel_shuffle_form(plain, form):
     rewritten, count = rewrite_pixel_shuffle(plain[1], form)
     assert count == 1
-    assert up.receptive_margin(rewritten) == (3, False)
+    assert graph_analysis.receptive_margin(rewritten) == (3, False)
 
 
 @pytest.mark.parametrize("pool, flagged",
                          [("adaptive", True), ("mean_hw", True), ("mean_c", False)])
 def test_global_pooling_is_flagged(pool, flagged):
     model = export(attention_sr(pool), TILE)
-    assert up.receptive_margin(model) == (1, flagged)
+    assert graph_analysis.receptive_margin(model) == (1, flagged)
 
 
 def test_fit_path_is_one_plain_run(plain):
@@ -256,7 +256,7 @@ def test_runner_errors(tmp_path):
 def test_upscale_files_writes_pngs_and_records(plain, tmp_path):
     _, fixed = plain
     model_path = tmp_path / "sr.onnx"
-    save_onnx(fixed, model_path, {"input_range": 1, "config": {"scale": 2}})
+    save_onnx(fixed, model_path, Record("onnx-fp32", scale=2, input_range=1))
     images = []
     for name, (h, w) in {"small": (20, 30), "exact": TILE, "large": (40, 50)}.items():
         path = tmp_path / f"{name}.png"
@@ -280,7 +280,7 @@ def test_upscale_files_without_sidecar_and_missing_image(plain, tmp_path):
     onnx.save(fixed, str(model_path))
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), np.zeros((10, 10, 3), np.uint8))
-    with pytest.warns(UserWarning, match="input_range"):
+    with pytest.warns(UserWarning, match="input range"):
         records = up.upscale_files(model_path, [image], tmp_path)
     assert records[0]["output_size"] == [20, 20]
     with pytest.raises(UserError, match="no such image"):

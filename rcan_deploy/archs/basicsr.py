@@ -18,14 +18,14 @@ NATIVE_RANGE = 1
 
 
 class _ResidualGroup(nn.Module):
-    def __init__(self, config: RCANConfig) -> None:
+    def __init__(self, config: RCANConfig, res_scale: float) -> None:
         super().__init__()
         c = config.n_feats
         blocks = []
         for _ in range(config.n_resblocks):
             attention = (PoolAttention("attention", c, config.reduction)
                          if config.attention == "ca" else None)
-            blocks.append(Residual("rcab", nn.Sequential(*rcab_layers(c, attention))))
+            blocks.append(Residual("rcab", nn.Sequential(*rcab_layers(c, attention)), res_scale))
         self.residual_group = nn.Sequential(*blocks)
         self.conv = conv3x3(c, c)
 
@@ -34,17 +34,21 @@ class _ResidualGroup(nn.Module):
 
 
 class BasicSRRCAN(nn.Module):
-    """RCAN with BasicSR module names; ``forward`` takes RGB 0..1 NCHW."""
+    """RCAN with BasicSR module names; ``forward`` takes RGB 0..1 NCHW. ``img_range``,
+    ``rgb_mean`` and ``res_scale`` are BasicSR's constructor arguments (not in checkpoints)."""
 
-    def __init__(self, config: RCANConfig, img_range: float = 255.0) -> None:
+    def __init__(self, config: RCANConfig, img_range: float = 255.0,
+                 rgb_mean: tuple[float, float, float] = DIV2K_RGB_MEAN,
+                 res_scale: float = 1.0) -> None:
         super().__init__()
         self.config = config
         self.img_range = img_range
-        self.register_buffer("mean", torch.tensor(DIV2K_RGB_MEAN).view(1, 3, 1, 1),
+        self.register_buffer("mean", torch.tensor(rgb_mean).view(1, 3, 1, 1),
                              persistent=False)
         c = config.n_feats
         self.conv_first = conv3x3(3, c, stride=config.head_stride)
-        self.body = nn.Sequential(*[_ResidualGroup(config) for _ in range(config.n_resgroups)])
+        self.body = nn.Sequential(*[_ResidualGroup(config, res_scale)
+                                    for _ in range(config.n_resgroups)])
         self.conv_after_body = conv3x3(c, c)
         self.upsample = upsampler(c, config.shuffle_factors())
         self.conv_last = conv3x3(c, 3)

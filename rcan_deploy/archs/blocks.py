@@ -71,12 +71,14 @@ def rcab_layers(n_feats: int, attention: nn.Module | None) -> list[nn.Module]:
 
 
 class Residual(nn.Module):
-    """``x + body(x)`` where ``body`` is registered under the given attribute name."""
+    """``x + scale * body(x)`` where ``body`` is registered under the given attribute name
+    (``scale`` is BasicSR's ``res_scale``, 1 elsewhere)."""
 
-    def __init__(self, name: str, body: nn.Module) -> None:
+    def __init__(self, name: str, body: nn.Module, scale: float = 1.0) -> None:
         super().__init__()
-        self._name = name
+        self._name, self.scale = name, scale
         self.add_module(name, body)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + getattr(self, self._name)(x)
+        body = getattr(self, self._name)(x)
+        return x + (body if self.scale == 1.0 else body * self.scale)

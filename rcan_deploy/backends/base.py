@@ -15,7 +15,7 @@ from types import ModuleType
 import numpy as np
 import onnx
 
-from ..errors import UserError
+from ..errors import UserError, short_reason
 
 ModelSource = str | Path | onnx.ModelProto
 
@@ -41,8 +41,7 @@ def model_path(model: ModelSource) -> Path | None:
 
 def load_failure(path: Path, runtime: str, exc: Exception) -> UserError:
     """A one-line user error for a model file the runtime rejects."""
-    detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-    return UserError(f"{path}: {runtime} cannot load this model ({detail})")
+    return UserError(f"{path}: {runtime} cannot load this model ({short_reason(exc)})")
 
 
 class Runner:

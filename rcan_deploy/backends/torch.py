@@ -26,16 +26,19 @@ class TorchRunner(Runner):
         self.network = None
 
     def activate_impl(self) -> None:
-        from ..benchmark.chain import artifact_chain, chain_value
         from ..errors import UserError
+        from ..record import chain_value, lineage
 
         torch = import_optional("torch", "torch")
         path = model_path(self.model)
         if path is None:
             raise UserError("the torch runtime needs an ONNX file with a sidecar, not a ModelProto")
-        chain = artifact_chain(path)
-        fp32_path, sidecar = chain[-1]
-        resolved = _rebuild(fp32_path, sidecar)
+        chain = lineage(path)
+        fp32 = chain[-1]
+        if fp32.record is None:
+            raise UserError(f"{fp32.path}: no sidecar says which network it was exported from, so "
+                            "the torch runtime cannot rebuild it")
+        resolved = _rebuild(fp32.path, fp32.record)
         graph_range = chain_value(chain, "input_range") or resolved.native_range
         self.factor = resolved.native_range / graph_range
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,22 +57,24 @@ class TorchRunner(Runner):
         self.network = None
 
 
-def _rebuild(fp32_path, sidecar: dict):
-    """The ResolvedModel that an FP32 graph's sidecar describes, checked against the sidecar."""
+def _rebuild(fp32_path, record):
+    """The ResolvedModel that an FP32 graph's record describes, checked against the record."""
     from ..artifacts import sha256_file, sidecar_path
     from ..checkpoints import resolve_model
     from ..errors import UserError
 
     side = sidecar_path(fp32_path)
-    weights = sidecar.get("weights") or {}
-    config = sidecar.get("config") or {}
-    if "source" not in sidecar or "scale" not in config or not weights:
+    weights = record.weights or {}
+    config = dict(record.config or {})
+    forward = config.pop("forward", None)
+    if record.source is None or "scale" not in config or not weights:
         raise UserError(f"{side}: needs source, config.scale and weights to rebuild the network")
-    variant = sidecar.get("variant")
+    variant = record.variant
     variant = None if variant == "custom" else variant
     if "random" in weights:
-        resolved = resolve_model(sidecar["source"], variant, config["scale"],
-                                 random_weights=True, seed=int(weights["random"]))
+        resolved = resolve_model(record.source, variant, config["scale"],
+                                 random_weights=True, seed=int(weights["random"]),
+                                 forward=forward)
     else:
         if not Path(weights.get("path", "")).is_file():
             raise UserError(f"{side}: checkpoint {weights.get('path')} does not exist")
@@ -77,9 +82,9 @@ def _rebuild(fp32_path, sidecar: dict):
             raise UserError(f"{weights['path']}: sha256 differs from the one in {side} "
                             "(checkpoint changed since the export)")
         # a shipped checkpoint is resolved as the export did (converted to the graph's layout)
-        resolved = resolve_model(sidecar["source"], variant, config["scale"],
+        resolved = resolve_model(record.source, variant, config["scale"],
                                  None if weights.get("shipped") else weights["path"],
-                                 param_key=weights.get("param_key"))
+                                 param_key=weights.get("param_key"), forward=forward)
     if resolved.config.as_dict() != config:
         raise UserError(f"{side}: rebuilt network {resolved.config.describe()} differs from the "
                         f"recorded config")

@@ -10,6 +10,10 @@ Checks, for every protocol in the report:
   0.005 matches the 0.1 dB PSNR budget; VastModelZOO's INT8 rows lose 0.010-0.011 and fail.
 - With a ``baseline`` report (same data set): candidate mean PSNR at most ``tolerance`` dB
   (default 0.05) below the baseline's candidate, so a new build cannot regress unnoticed.
+- The reference is the candidate's FP32 ancestor by sha256 (``provenance.reference_link``
+  ``verified``), or the candidate has no record to check it against (``unlinked``); a
+  ``mismatch`` or an unknown link fails, and so does a report with no metric to check.
+- A summary value that is not a number (null, a string, missing) is a malformed report: exit 2.
 """
 
 from __future__ import annotations
@@ -45,11 +49,12 @@ class GateResult:
         if self:
             return f"gate passed: {len(self.rows)} checks within limits ({self.report})"
         return "gate failed: " + "; ".join(f"{row['metric']} {row['value']:.4f} > {row['limit']}"
-                                           for row in self.failures)
+                                           if isinstance(row["limit"], (int, float)) else
+                                           row["metric"] for row in self.failures)
 
     def table(self) -> str:
         lines = [f"{'check':<42} {'value':>10} {'limit':>8}  result"]
-        lines += [f"{row['metric']:<42} {row['value']:>10.4f} {row['limit']:>8}  "
+        lines += [f"{row['metric']:<42} {row['value']:>10.4f} {str(row['limit']):>8}  "
                   f"{'ok' if row['ok'] else 'FAIL'}" for row in self.rows]
         return "\n".join(lines)
 
@@ -70,16 +75,38 @@ def gate(report_json: str | Path, baseline: str | Path | None = None,
     if not report.get("reference"):
         raise UserError(f"{report_json}: the report has no reference, so there is no drop to gate "
                         "(bench an INT8 graph or engine, or pass --reference)")
-    rows = []
+    rows = [_link_row(report)]
     for protocol, entry in report["summary"].items():
-        if not all(isinstance(entry.get(who), dict) for who in ("candidate", "reference")):
-            raise UserError(f"{report_json}: summary[{protocol!r}] lacks candidate/reference means")
         for metric, limit in (("psnr", max_psnr_drop), ("ssim", max_ssim_drop)):
-            drop = entry["reference"][metric] - entry["candidate"][metric]
+            drop = (_mean(entry, "reference", metric, protocol, report_json)
+                    - _mean(entry, "candidate", metric, protocol, report_json))
             rows.append(_row(f"{metric.upper()} drop vs reference ({protocol})", drop, limit))
+    if len(rows) == 1:
+        rows.append({"metric": "metrics checked", "value": 0.0, "limit": ">= 1", "ok": False})
     if baseline is not None:
         rows += _baseline_rows(report, report_json, _load(baseline), baseline, tolerance)
     return GateResult(str(report_json), rows)
+
+
+_LINKS = {"verified": 1.0, "unlinked": 1.0}
+
+
+def _link_row(report: dict) -> dict:
+    """The reference must be the candidate's recorded FP32 ancestor (``verified``), or the
+    candidate must have no record to check it against (``unlinked``)."""
+    link = (report.get("provenance") or {}).get("reference_link")
+    return {"metric": f"reference link to candidate ({link or 'unknown'})",
+            "value": _LINKS.get(link, 0.0), "limit": "1", "ok": link in _LINKS}
+
+
+def _mean(entry, who: str, metric: str, protocol: str, where) -> float:
+    """A mean from a report summary; UserError (malformed report) unless it is a number."""
+    value = entry.get(who, {}).get(metric) if isinstance(entry, dict) and \
+        isinstance(entry.get(who), dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{where}: summary[{protocol!r}].{who}.{metric} is "
+                        f"{json.dumps(value)}, expected a number (a malformed report)")
+    return float(value)
 
 
 def _row(metric: str, value: float, limit: float) -> dict:
@@ -95,8 +122,10 @@ def _baseline_rows(report: dict, report_path, base: dict, base_path, tolerance: 
     shared = [p for p in report["summary"] if p in base["summary"]]
     if not shared:
         raise UserError(f"--baseline {base_path} shares no protocol with {report_path}")
-    return [_row(f"PSNR below baseline ({protocol})", base["summary"][protocol]["candidate"]["psnr"]
-                 - report["summary"][protocol]["candidate"]["psnr"], tolerance)
+    return [_row(f"PSNR below baseline ({protocol})",
+                 _mean(base["summary"][protocol], "candidate", "psnr", protocol, base_path)
+                 - _mean(report["summary"][protocol], "candidate", "psnr", protocol, report_path),
+                 tolerance)
             for protocol in shared]
 
 

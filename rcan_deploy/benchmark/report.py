@@ -1,19 +1,24 @@
 """Write a bench result: ``report.json``, ``report.md`` (laid out like the reference table) and
-PNG figures. Every file is written to a temporary name and renamed.
+PNG figures. All files are written into a temporary folder first and moved into place together
+(the folder renamed when it is new; ``report.json`` last otherwise), so a failure leaves no
+partial report and no empty folder.
 
 Figures use matplotlib's object API with the Agg canvas (no pyplot, no global backend change).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import atomic_path, write_json
+from ..artifacts import check_folder_creatable, io_error
 from ..backends.base import import_optional
 from ..costs import reference_rows
-from ..errors import UserError
 from .gate import MAX_PSNR_DROP
 from .run import BenchResult
 
@@ -29,25 +34,36 @@ REFERENCE_NOTE = (
 def write_report(result: BenchResult, out_dir: str | Path) -> dict[str, Path]:
     """Write the report files into ``out_dir`` (created); return {file name: path} written."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir}: is a file, expected a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_folder_creatable(out_dir)
     data = result.to_dict()
     table = _table_rows(data)
-    written = {"report.json": out_dir / "report.json"}
-    write_json(written["report.json"], data)
     figures = {"psnr_vs_gflops.png": lambda: _psnr_vs_gflops(data, table)}
     if data["reference"]:
         figures["int8_minus_fp32_psnr.png"] = lambda: _per_image_delta(data)
     if result.worst is not None:
         figures["worst_crop.png"] = lambda: _worst_crop(result)
-    for name, draw in figures.items():
-        written[name] = out_dir / name
-        _save(draw(), written[name])
-    written["report.md"] = out_dir / "report.md"
-    with atomic_path(written["report.md"]) as tmp:
-        tmp.write_text(_markdown(data, table, list(figures)))
-    return written
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp",
+                                      dir=out_dir.parent))
+    except OSError as exc:
+        raise io_error(out_dir, "create the report folder", exc) from None
+    try:
+        for name, draw in figures.items():
+            draw().savefig(stage / name, format="png")
+        (stage / "report.md").write_text(_markdown(data, table, list(figures)))
+        (stage / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+        names = [*figures, "report.md", "report.json"]  # the JSON last: it marks a whole report
+        if not out_dir.exists():
+            os.rename(stage, out_dir)
+        else:
+            for name in names:
+                os.replace(stage / name, out_dir / name)
+    except OSError as exc:
+        raise io_error(out_dir, "write the report", exc) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {name: out_dir / name for name in names}
 
 
 def _matching_rows(model: dict) -> list[dict]:
@@ -187,11 +203,6 @@ def _image_table(data: dict, protocol: str) -> list[str]:
 def _figure(width: float, height: float):
     figure = import_optional("matplotlib.figure", "matplotlib")
     return figure.Figure(figsize=(width, height), dpi=110, layout="constrained")
-
-
-def _save(figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
 
 
 def _psnr_vs_gflops(data: dict, table: list[dict]):

@@ -1,7 +1,7 @@
 """Benchmark a candidate (INT8 graph, engine, any ONNX SR graph) against its FP32 reference.
 
 Every image of the data set is super-resolved at the graph's fixed shape through
-:func:`rcan_deploy.tiling.upscale` (fit, pad or tile, recorded per image) by the candidate, the
+:func:`rcan_deploy.upscaling.upscale` (fit, pad or tile, recorded per image) by the candidate, the
 reference and MATLAB bicubic; PSNR/SSIM are computed in the chosen protocol(s). Latency is timed
 at the graph's fixed shape on a random input. FLOPs and params come from the ONNX graph (for an
 engine, the ONNX it was built from).
@@ -19,15 +19,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..artifacts import command_line, read_sidecar, sidecar_path, tool_versions
-from ..backends import Runner, get_runner
+from ..artifacts import (check_folder_creatable, check_not_input, command_line, sha256_file,
+                         sidecar_path, tool_versions)
+from ..backends import RUNTIMES, Runner, get_runner
 from ..data import get_dataset, imresize, to_uint8
 from ..data.datasets import default_set_name, split_for
 from ..errors import UserError
 from ..metrics import PROTOCOLS, evaluate
-from ..onnx_utils import input_shape, load_model
-from ..tiling import ReceptiveField, receptive_field, upscale
-from .chain import artifact_chain, chain_value, parent_file
+from ..onnx_utils import load_model
+from ..graph_analysis import ReceptiveField, receptive_field, sr_graph
+from ..upscaling import upscale
+from ..record import Link, chain_value, lineage, parent_file, read_record
+from ..defaults import progress_off
 
 PROTOCOL_CHOICES = (*PROTOCOLS, "both")
 ENGINE_SUFFIXES = (".plan", ".engine")
@@ -46,7 +49,7 @@ class Subject:
     path: Path
     runtime: str
     onnx_path: Path  # the graph itself, or the ONNX an engine was built from
-    chain: list[tuple[Path, dict]]
+    chain: list[Link]
     graph_hw: tuple[int, int]
     scale: int
     input_range: int
@@ -58,12 +61,13 @@ class Subject:
         return f"{self.precision.upper()} ({self.runtime})"
 
     def describe(self) -> dict:
-        sidecar = self.chain[0][1]
-        return {"path": str(self.path), "runtime": self.runtime, "kind": sidecar.get("kind"),
+        record = self.chain[0].record
+        return {"path": str(self.path), "runtime": self.runtime,
+                "kind": record.kind if record else None,
                 "precision": self.precision, "label": self.label, "onnx": str(self.onnx_path),
                 "graph_shape": [1, 3, *self.graph_hw], "scale": self.scale,
                 "input_range": self.input_range, "global_pooling": self.field.global_pooling,
-                "sha256": sidecar.get("sha256")}
+                "sha256": record.sha256 if record else None}
 
 
 @dataclass
@@ -114,17 +118,20 @@ class BenchResult:
 
 def bench(engine: str | Path | None = None, model: str | Path | None = None,
           runtime: str | None = None, reference: str | Path | None = None,
-          dataset: str | None = None, scale: int | None = None, protocol: str = "standard",
+          dataset: str | None = None, scale: int | None = None,
+          input_range: int | None = None, protocol: str = "standard",
           limit: int | None = None, warmup: int = 1, repeat: int = 3,
           data_root: str | Path | None = None, out: str | Path | None = None,
-          progress: bool = True) -> BenchResult:
+          progress: bool | None = None) -> BenchResult:
     """Measure quality and latency of ``engine`` (TensorRT) or ``model`` (ONNX on ``runtime``:
     ort by default, openvino, torch) against ``reference`` (default: the FP32 graph found
     through the sidecars; none for an FP32 candidate). ``dataset`` defaults to div2k_valid when
     present, else the held-out split of samples (``samples`` always means that split here).
-    ``out``: also write the report there (:func:`rcan_deploy.benchmark.write_report`)."""
+    ``out``: also write the report there (:func:`rcan_deploy.benchmark.write_report`). A graph
+    without sidecar needs ``input_range`` (and ``scale`` unless its shapes tell); its report
+    records no provenance."""
     if (engine is None) == (model is None):
-        raise UserError("pass exactly one of --engine X.plan or --model X.onnx")
+        raise UserError("pass exactly one MODEL: an ONNX graph or a TensorRT engine")
     if protocol not in PROTOCOL_CHOICES:
         raise UserError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOL_CHOICES)}")
     if limit is not None and limit < 1:
@@ -132,12 +139,18 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
     if warmup < 0 or repeat < 1:
         raise UserError(f"--warmup {warmup} --repeat {repeat}: expected warmup >= 0, repeat >= 1")
     if engine is not None and runtime not in (None, "tensorrt"):
-        raise UserError(f"--runtime {runtime}: an --engine runs on TensorRT; drop --runtime")
+        raise UserError(f"--runtime {runtime}: an engine (.plan) runs on TensorRT; drop --runtime")
     candidate = _subject("candidate", engine if engine is not None else model,
-                         "tensorrt" if engine is not None else runtime or "ort", scale)
-    ref, discovered = _reference(candidate, reference)
+                         "tensorrt" if engine is not None else runtime or RUNTIMES[0], scale,
+                         input_range)
+    ref, discovered, link = _reference(candidate, reference)
     data, chosen = _dataset(dataset, candidate.scale, data_root)
     pairs = data.pairs[:limit] if limit else data.pairs
+    _check_sizes(pairs, candidate.scale)
+    if out is not None:
+        check_folder_creatable(Path(out))
+        for name in ("report.json", "report.md"):
+            check_not_input(Path(out) / name, [candidate.path, ref.path if ref else None])
     protocols = list(PROTOCOLS) if protocol == "both" else [protocol]
     subjects = [s for s in (candidate, ref) if s is not None]
     with ExitStack() as stack:
@@ -145,8 +158,8 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
         rows, worst = _quality(subjects, runners, pairs, protocols, chosen, progress)
         latency = {s.role: _latency(r, s, warmup, repeat) for s, r in zip(subjects, runners)}
     costs = {s.role: _costs(s) for s in subjects}
-    artifacts = {str(p): side for s in subjects for p, side in s.chain}
-    artifacts.update({str(p): side for p, side in discovered})
+    artifacts = {str(link.path): link.record.to_json() if link.record else None
+                 for link in [*(l for s in subjects for l in s.chain), *discovered]}
     result = BenchResult(
         candidate=candidate.describe(), reference=ref.describe() if ref else None,
         model={"source": chain_value(candidate.chain, "source"),
@@ -160,6 +173,11 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
                     "command": command_line(),
                     "reference_found_by": ("--reference" if reference is not None else
                                            "sidecar chain" if ref else None),
+                    "reference_link": link,
+                    "candidate_provenance": ("recorded" if candidate.chain[0].record and
+                                             candidate.chain[0].record.has_provenance else
+                                             "none (no sidecar)" if not candidate.chain[0].record
+                                             else "none (graph brought without provenance)"),
                     "artifacts": artifacts, "versions": tool_versions(_EXTRA_VERSIONS)},
         worst=worst)
     if out is not None:
@@ -183,59 +201,92 @@ def summarize(rows: list[dict], protocols: list[str]) -> dict:
     return summary
 
 
-def _subject(role: str, path: str | Path, runtime: str, scale: int | None) -> Subject:
+def _subject(role: str, path: str | Path, runtime: str, scale: int | None,
+             input_range: int | None) -> Subject:
+    """A model under test. Scale and input range come from its record (the flags must agree),
+    else from ``scale`` (or the graph's shapes) and ``input_range``: a graph brought without
+    sidecar runs with no provenance."""
     path = Path(path)
-    flag = ("--reference" if role == "reference" else
-            "--engine" if runtime == "tensorrt" else "--model")
+    flag = ("--reference" if role == "reference" else "MODEL")
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such file")
-    sidecar = read_sidecar(path)
-    if sidecar is None:
-        raise UserError(f"{flag} {path}: no sidecar {sidecar_path(path).name} (bench needs the "
-                        "scale, input range and provenance it records)")
-    chain = [(path, sidecar)]
+    record = read_record(path)
+    if record is None and runtime == "tensorrt":
+        raise UserError(f"{flag} {path}: an engine needs its sidecar {sidecar_path(path).name}, "
+                        "which names the ONNX graph it was built from")
+    chain = [Link(path, record)]
     onnx_path = path
     if runtime == "tensorrt":
-        if "parent" not in sidecar:
+        if record.parent is None:
             raise UserError(f"{sidecar_path(path)}: no parent entry naming the engine's ONNX")
-        onnx_path = parent_file(path, sidecar["parent"])
-        chain.append((onnx_path, read_sidecar(onnx_path) or {}))
-    graph = load_model(onnx_path)
+        onnx_path = parent_file(path, record.parent)
+        chain.append(Link(onnx_path, read_record(onnx_path)))
+    graph = sr_graph(onnx_path)
     recorded_shape = chain_value(chain, "input_shape") if runtime == "tensorrt" else None
-    shape = recorded_shape or input_shape(graph)
+    shape = recorded_shape or graph.input_shape
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
         raise UserError(f"{flag} {path}: input shape {shape} is not fixed; bench needs a "
                         "fixed-shape graph (export --shape HxW)")
-    recorded = (chain_value(chain, "config") or {}).get("scale")
+    recorded = chain_value(chain, "scale")
     if scale is not None and recorded is not None and int(recorded) != scale:
         other = "--scale" if role == "candidate" else "the candidate"
         raise UserError(f"{flag} {path}: its sidecar says x{recorded}, {other} x{scale}")
-    if (recorded or scale) is None:
-        raise UserError(f"{flag} {path}: its sidecar records no config.scale; pass --scale S")
-    input_range = chain_value(chain, "input_range")
+    scale = graph.check_scale(recorded or scale, sidecar_path(path) if recorded else "--scale")
+    recorded_range = chain_value(chain, "input_range")
+    if input_range is not None and recorded_range is not None and recorded_range != input_range:
+        raise UserError(f"--input-range {input_range}, but the sidecar of {path} records "
+                        f"{recorded_range}")
+    input_range = recorded_range or input_range
     if input_range is None:
-        raise UserError(f"{sidecar_path(path)}: no input_range (1 or 255) recorded")
-    precision = sidecar.get("precision") or _PRECISIONS.get(sidecar.get("kind"), "unknown")
+        raise UserError(f"{flag} {path}: no sidecar says its input range; pass --input-range 1|255")
+    if record is not None:
+        precision = record.sections.get("precision") or _PRECISIONS.get(record.kind, "unknown")
+    else:
+        precision = "int8" if graph.quantized else "fp32"
     if runtime == "torch":  # TorchRunner always runs the FP32 network behind the graph
         precision = "fp32"
-    return Subject(role, path, runtime, onnx_path, chain, (shape[2], shape[3]),
-                   int(recorded or scale), int(input_range), str(precision),
-                   receptive_field(graph))
+    return Subject(role, path, runtime, onnx_path, chain, (shape[2], shape[3]), scale,
+                   int(input_range), str(precision), receptive_field(graph.model))
 
 
 def _reference(candidate: Subject, reference: str | Path | None
-               ) -> tuple[Subject | None, list[tuple[Path, dict]]]:
-    """The reference subject and the sidecar chain walked to find it (empty when given)."""
+               ) -> tuple[Subject | None, list[Link], str]:
+    """The reference subject, the sidecar chain walked to find it, and how the reference is
+    linked to the candidate: ``verified`` (an ancestor, by sha256), ``unlinked`` (the candidate
+    has no record), ``mismatch`` (not in the candidate's recorded lineage) or ``none``."""
     onnx_runtime = candidate.runtime if candidate.runtime in ("ort", "openvino") else "ort"
     if reference is not None:
         path = Path(reference)
         runtime = "tensorrt" if path.suffix in ENGINE_SUFFIXES else onnx_runtime
-        return _subject("reference", path, runtime, candidate.scale), []
-    chain = artifact_chain(candidate.path)
-    fp32 = chain[-1][0]
+        ref = _subject("reference", path, runtime, candidate.scale, candidate.input_range)
+        return ref, [], _link(candidate, ref)
+    if candidate.chain[0].record is None:
+        return None, [], "none"
+    chain = lineage(candidate.path)  # a parent replaced since: UserError, the chain is broken
+    fp32 = chain[-1].path
     if fp32.resolve() == candidate.path.resolve():
-        return None, []
-    return _subject("reference", fp32, onnx_runtime, candidate.scale), chain
+        return None, [], "none"
+    ref = _subject("reference", fp32, onnx_runtime, candidate.scale,
+                   candidate.input_range if chain[-1].record is None else None)
+    return ref, chain, "verified"
+
+
+def _link(candidate: Subject, ref: Subject) -> str:
+    """How an explicit --reference relates to the candidate's recorded lineage."""
+    record = candidate.chain[0].record
+    if record is None:
+        return "unlinked"
+    ancestors, path = set(), candidate.path
+    while record is not None and record.parent is not None:
+        ancestors.add(record.parent.get("sha256"))
+        try:
+            path = parent_file(path, record.parent)
+            record = read_record(path)
+        except UserError:
+            break
+    own = ref.chain[0].record
+    shas = {sha256_file(ref.path), *((own.parent or {}).get("sha256") for own in [own] if own)}
+    return "verified" if shas & ancestors else "mismatch"
 
 
 def _dataset(name: str | None, scale: int, data_root):
@@ -250,6 +301,21 @@ def _dataset(name: str | None, scale: int, data_root):
     return data, "default: samples held-out split (div2k_valid not found under the data root)"
 
 
+SSIM_WINDOW = 11  # the Gaussian window; SSIM with 'valid' borders needs at least this many pixels
+
+
+def _check_sizes(pairs, scale: int) -> None:
+    """UserError naming the first image too small for the metrics (the standard protocol crops
+    ``scale`` pixels on each border before the 11x11 SSIM window)."""
+    least = SSIM_WINDOW + 2 * scale
+    for pair in pairs:
+        height, width = pair.lr_size()
+        if min(height, width) * scale < least:
+            raise UserError(f"{pair.lr_path or pair.hr_path}: {width}x{height} LR is too small "
+                            f"for the metrics (the x{scale} output must be at least {least} "
+                            "pixels on each side)")
+
+
 def _quality(subjects: list[Subject], runners: list[Runner], pairs, protocols: list[str],
              chosen: str, progress: bool) -> tuple[list[dict], WorstCrop | None]:
     from tqdm import tqdm
@@ -257,10 +323,7 @@ def _quality(subjects: list[Subject], runners: list[Runner], pairs, protocols: l
     has_reference = len(subjects) > 1
     rows: list[dict] = []
     worst: WorstCrop | None = None
-    if progress:
-        print(f"dataset: {chosen}, {len(pairs)} images, protocol {', '.join(protocols)}",
-              file=sys.stderr)
-    bar = tqdm(pairs, desc="bench", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(pairs, desc="bench", unit="img", disable=progress_off(progress), file=sys.stderr)
     scale = subjects[0].scale
     for pair in bar:
         lr, hr = pair.load()

@@ -7,20 +7,26 @@ from pathlib import Path
 import click
 
 from .. import defaults
+from ..backends import RUNTIMES
 from ..benchmark import bench, gate
 from ..benchmark.gate import MAX_PSNR_DROP, MAX_SSIM_DROP, TOLERANCE
 from ..benchmark.report import DEFAULT_OUT
-from ..benchmark.run import PROTOCOL_CHOICES
+from ..benchmark.run import ENGINE_SUFFIXES, PROTOCOL_CHOICES
 from ..errors import GateFailure
+from ..record import INPUT_RANGES
+from .types import FiniteFloat
 
 
 @click.command("bench")
-@click.option("--engine", type=click.Path(dir_okay=False), default=None, metavar="X.plan",
-              help="TensorRT engine to benchmark (needs tensorrt and cuda-python).")
-@click.option("--model", type=click.Path(dir_okay=False), default=None, metavar="X.onnx",
-              help=f"ONNX graph to benchmark. Default when neither is given: {defaults.INT8_ONNX}.")
-@click.option("--runtime", type=click.Choice(["ort", "openvino", "torch"]), default=None,
-              help="Runtime for --model (default ort; torch runs the FP32 network it came from).")
+@click.argument("model", type=click.Path(dir_okay=False), required=False,
+                metavar="[MODEL.onnx|ENGINE.plan]")
+@click.option("--model", "model_alias", type=click.Path(dir_okay=False), default=None,
+              hidden=True)
+@click.option("--engine", "engine_alias", type=click.Path(dir_okay=False), default=None,
+              hidden=True)
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help=f"Runtime of an ONNX MODEL (default {RUNTIMES[0]}; torch runs the FP32 network "
+                   "it came from). An engine (.plan) runs on TensorRT.")
 @click.option("--reference", type=click.Path(dir_okay=False), default=None,
               metavar="FP32.onnx|FP32.plan",
               help="Reference to compare with. Default: the FP32 graph found through the "
@@ -31,8 +37,10 @@ from ..errors import GateFailure
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder holding DIV2K/ (default $RCAN_DEPLOY_DATA, else "
                    "~/.cache/rcan_deploy/data).")
-@click.option("--scale", type=click.IntRange(min=2), default=None,
-              help="Upscaling factor of a graph whose sidecar does not record it.")
+@click.option("--scale", type=click.IntRange(2, 16), default=None,
+              help="Upscaling factor of a graph without sidecar (default: from its shapes).")
+@click.option("--input-range", type=click.Choice([str(r) for r in INPUT_RANGES]), default=None,
+              help="Input range of a graph without sidecar.")
 @click.option("--protocol", type=click.Choice(PROTOCOL_CHOICES), default="standard",
               show_default=True, help="standard (Y, border crop), vacc (the reference table's) "
                                       "or both.")
@@ -43,11 +51,18 @@ from ..errors import GateFailure
               help="Timed runs at the graph's fixed shape.")
 @click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True,
               help="Report folder (report.json, report.md, PNG figures).")
-def bench_command(engine, model, out, **kwargs) -> None:
-    """Quality (PSNR/SSIM vs reference and bicubic) and latency, with a report."""
-    if engine is None and model is None:
-        model = defaults.INT8_ONNX
-    echo_bench(bench(engine=engine, model=model, out=out, **kwargs), out)
+def bench_command(model, model_alias, engine_alias, out, input_range, **kwargs) -> None:
+    """Quality (PSNR/SSIM vs reference and bicubic) and latency, with a report.
+
+    MODEL is an ONNX graph or a TensorRT engine (default: rcan_int8.onnx)."""
+    given = [v for v in (model, model_alias, engine_alias) if v is not None]
+    if len(given) > 1:
+        raise click.UsageError("pass one MODEL (--model and --engine are older names of it)")
+    path = given[0] if given else defaults.INT8_ONNX
+    engine = path if engine_alias is not None or Path(path).suffix in ENGINE_SUFFIXES else None
+    result = bench(engine=engine, model=None if engine else path, out=out,
+                   input_range=int(input_range) if input_range else None, **kwargs)
+    echo_bench(result, out)
 
 
 def echo_bench(result, out) -> None:
@@ -87,9 +102,9 @@ def _cell(entry: dict, who: str, metric: str, width: int, sign: str) -> str:
               metavar="BASELINE.json",
               help="Earlier report.json: fail when the candidate's mean PSNR is lower by more "
                    f"than {TOLERANCE} dB.")
-@click.option("--max-psnr-drop", type=float, default=MAX_PSNR_DROP, show_default=True,
+@click.option("--max-psnr-drop", type=FiniteFloat(0.0), default=MAX_PSNR_DROP, show_default=True,
               metavar="DB", help="Largest allowed mean PSNR drop of the candidate vs reference.")
-@click.option("--max-ssim-drop", type=float, default=MAX_SSIM_DROP, show_default=True,
+@click.option("--max-ssim-drop", type=FiniteFloat(0.0), default=MAX_SSIM_DROP, show_default=True,
               metavar="X", help="Largest allowed mean SSIM drop of the candidate vs reference.")
 def gate_command(report, baseline, max_psnr_drop, max_ssim_drop) -> None:
     """CI accuracy gate on a bench report: exit 0 pass, 1 fail, 2 unusable input."""

@@ -1,17 +1,29 @@
-"""The click commands. Each parses flags and calls one function of :mod:`rcan_deploy.api`."""
+"""The click commands. Each parses flags and calls one function of :mod:`rcan_deploy.api`.
+
+Choices and defaults come from the library (option classes and registries), never copied here.
+Modules that load torch are imported only when a command that needs them runs.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
 from .. import api, defaults
 from ..archs import SOURCES, VARIANT_HELP
+from ..backends import RUNTIMES
+from ..data.datasets import FETCHABLE_SETS
+from ..data.fetch import LR_SCALES
 from ..errors import GateFailure
-
-_PIXEL_SHUFFLE_FORMS = ("reshape", "reshape5d", "convtranspose")
-
+from ..passes.pixel_shuffle import FORMS, PIXEL_SHUFFLE_CHOICES
+from ..passes.rewrite import RewriteOptions
+from ..quant.ptq import HIGH_PRECISIONS, METHODS, TARGETS, QuantizeOptions
+from ..demo_pipeline import RUNTIME as DEMO_RUNTIME
+from ..record import INPUT_RANGES
+from ..training import SCHEDULES, TrainJob, TrainOptions
+from .types import SEED, FiniteFloat, default
 
 def _parse_shape(ctx, param, value):
     """HxW (e.g. 1080x1920) -> (H, W)."""
@@ -23,7 +35,29 @@ def _parse_shape(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not HxW (e.g. 1080x1920)") from None
     if h <= 0 or w <= 0:
         raise click.BadParameter(f"{value!r}: sizes must be positive")
+    if max(h, w) > defaults.MAX_SIDE:
+        raise click.BadParameter(f"{value!r}: a side above {defaults.MAX_SIDE} is not supported")
     return h, w
+
+
+def _parse_mean(ctx, param, value):
+    """R,G,B -> a tuple of three floats."""
+    if value is None:
+        return None
+    try:
+        mean = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not R,G,B (e.g. 0.4488,0.4371,0.4040)") from None
+    if len(mean) != 3 or not all(math.isfinite(m) for m in mean):
+        raise click.BadParameter(f"{value!r}: expected three finite numbers R,G,B")
+    return mean
+
+
+def _one_of(primary, alias, primary_name: str, alias_name: str):
+    """The value of a flag given under its name or its hidden older alias (not both)."""
+    if primary is not None and alias is not None:
+        raise click.UsageError(f"{alias_name} is an older name of {primary_name}; pass one")
+    return primary if primary is not None else alias
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -38,7 +72,7 @@ def cli() -> None:
 @click.option("--variant", default=None, metavar="NAME",
               help=f"Named architecture ({', '.join(VARIANT_HELP)}). Default: inferred from "
                    f"--weights, else {defaults.VARIANT}.")
-@click.option("--scale", type=int, default=None,
+@click.option("--scale", type=click.IntRange(2, 16), default=None,
               help=f"Upscaling factor. Default: inferred from --weights, else {defaults.SCALE}.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint (.pt/.pth/.pth.tar) of any supported layout.")
@@ -48,13 +82,13 @@ def cli() -> None:
                    "Default: params_ema when present, then params, state_dict.")
 @click.option("--shape", callback=_parse_shape, default="x".join(map(str, defaults.SHAPE)),
               show_default=True, metavar="HxW", help="Fixed input height x width.")
-@click.option("--opset", type=int, default=defaults.OPSET, show_default=True,
-              help="ONNX opset (11..21).")
-@click.option("--pixel-shuffle", type=click.Choice(["keep", *_PIXEL_SHUFFLE_FORMS]),
+@click.option("--opset", type=click.IntRange(11, 21), default=defaults.OPSET, show_default=True,
+              help="ONNX opset.")
+@click.option("--pixel-shuffle", type=click.Choice(PIXEL_SHUFFLE_CHOICES),
               default="keep", show_default=True,
               help="keep DepthToSpace, or rewrite it: reshape (6-D), reshape5d (rank <= 5), "
                    "convtranspose (rank 4 only).")
-@click.option("--input-range", type=click.Choice(["native", "1", "255"]), default="native",
+@click.option("--input-range", type=click.Choice(defaults.EXPORT_INPUT_RANGES), default="native",
               show_default=True,
               help="Value range of the graph's input/output: the source's own (official 255, "
                    "basicsr and rcan-pytorch 1) or forced.")
@@ -64,7 +98,13 @@ def cli() -> None:
 @click.option("--no-optimize", "optimize", flag_value=False, default=True,
               help="Write the plain traced graph: no MeanShift folding, no upsampler fusion "
                    "(see `rcan-deploy optimize`).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--img-range", type=FiniteFloat(0.0, open_low=True), default=None,
+              help="BasicSR img_range of the checkpoint (not stored in it). [default: 255]")
+@click.option("--rgb-mean", callback=_parse_mean, default=None, metavar="R,G,B",
+              help="BasicSR rgb_mean of the checkpoint. [default: the DIV2K mean]")
+@click.option("--res-scale", type=FiniteFloat(float("-inf")), default=None,
+              help="BasicSR res_scale of the checkpoint. [default: 1]")
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of random weights and of the verification input.")
 @click.option("--out", type=click.Path(dir_okay=False), default=defaults.FP32_ONNX,
               show_default=True, help="Output ONNX file (a .json sidecar is written next to it).")
@@ -102,7 +142,7 @@ def _echo_optimized(record: dict) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--pixel-shuffle", type=click.Choice(["keep", *_PIXEL_SHUFFLE_FORMS]),
+@click.option("--pixel-shuffle", type=click.Choice(PIXEL_SHUFFLE_CHOICES),
               default="keep", show_default=True,
               help="Form of the pixel shuffles after fusion (see `rewrite`).")
 @click.option("--no-fold-meanshift", "fold_meanshift", flag_value=False, default=True,
@@ -111,7 +151,7 @@ def _echo_optimized(record: dict) -> None:
               help="Do not fuse conv -> pixel shuffle -> conv tails.")
 @click.option("--input-range", type=click.Choice(["1", "255"]), default=None,
               help="Input range for the verification input (default: from the sidecar, else 1).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Verification input seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Verification input seed.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output ONNX file.")
 def optimize(model, out, input_range, **kwargs) -> None:
     """Fuse linear upsampler tails exactly and fold MeanShift layers, on any ONNX SR graph."""
@@ -126,14 +166,14 @@ def optimize(model, out, input_range, **kwargs) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--pixel-shuffle", type=click.Choice(_PIXEL_SHUFFLE_FORMS), default=None,
+@click.option("--pixel-shuffle", type=click.Choice(FORMS), default=None,
               help="Replace DepthToSpace / traced pixel-shuffle patterns by this form.")
 @click.option("--fold-meanshift", is_flag=True,
               help="Fold MeanShift-style 1x1 convs into the neighbouring convs.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output ONNX file.")
 def rewrite(model, pixel_shuffle, fold_meanshift, out) -> None:
     """Apply accelerator graph passes to any ONNX file; the result is verified numerically."""
-    record = api.rewrite(model, out, pixel_shuffle=pixel_shuffle, fold_meanshift=fold_meanshift)
+    record = api.rewrite(model, out, RewriteOptions(pixel_shuffle, fold_meanshift))
     verification = record["rewrite_verification"]
     checked = (f"skipped ({verification['skipped']})" if "skipped" in verification else
                f"max abs error {verification['max_abs_error']:.3g} at {verification['shape']}")
@@ -200,8 +240,8 @@ def info(model, as_json, shape) -> None:
 @cli.command()
 def variants() -> None:
     """List the checkpoint layouts, named variants and shipped checkpoints (with their cards)."""
-    from ..artifacts import read_sidecar
     from ..checkpoints import shipped_checkpoint
+    from ..record import read_record
 
     click.echo("sources:")
     for source in SOURCES.values():
@@ -214,52 +254,59 @@ def variants() -> None:
         path = shipped_checkpoint(name, defaults.SCALE)
         if path is None:
             continue
-        card = read_sidecar(path) or {}
-        held = card.get("heldout", {})
+        card = read_record(path)
+        held = (card.sections.get("heldout") if card else None) or {}
         click.echo(f"  {name} x{defaults.SCALE}: {path.name}; held-out PSNR "
                    f"{held.get('psnr', float('nan')):.3f} dB vs bicubic "
                    f"{held.get('bicubic_psnr', float('nan')):.3f} dB "
                    f"({held.get('gain_db', float('nan')):+.3f}), trained "
-                   f"{card.get('seconds', 0) / 60:.0f} min")
+                   f"{(card.sections.get('seconds') or 0) / 60:.0f} min")
 
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False), default=defaults.FP32_ONNX,
                 required=False)
-@click.option("--calib", default=None, metavar="NAME|DIR",
+@click.option("--dataset", default=None, metavar="NAME|DIR",
               help="Calibration set: div2k_valid, div2k_train, samples (train split), photos "
                    "(calib split), or a folder of images. Default: div2k_valid when present, "
                    "else samples.")
+@click.option("--calib", "calib_alias", default=None, hidden=True)
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder holding DIV2K/ (default $RCAN_DEPLOY_DATA, else ~/.cache/rcan_deploy/data).")
-@click.option("--method", type=click.Choice(["max", "entropy", "percentile"]), default="max",
+@click.option("--method", type=click.Choice(METHODS), default=default(QuantizeOptions, "method"),
               show_default=True, help="Activation range calibration.")
-@click.option("--calib-crops", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--calib-crops", type=click.IntRange(min=1),
+              default=default(QuantizeOptions, "calib_crops"), show_default=True,
               help="Number of LR calibration crops.")
-@click.option("--crop-size", type=click.IntRange(min=8), default=128, show_default=True,
+@click.option("--crop-size", type=click.IntRange(min=8),
+              default=default(QuantizeOptions, "crop_size"), show_default=True,
               help="LR crop size in pixels.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Crop selection seed.")
+@click.option("--seed", type=SEED, default=default(QuantizeOptions, "seed"), show_default=True,
+              help="Crop selection seed.")
 @click.option("--exclude", multiple=True, metavar="REGEX",
               help="Keep nodes whose name matches in higher precision (repeatable).")
-@click.option("--high-precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
-              show_default=True, help="Precision of the layers left unquantized (tensorrt target).")
-@click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt",
+@click.option("--high-precision", type=click.Choice(HIGH_PRECISIONS),
+              default=default(QuantizeOptions, "high_precision"), show_default=True,
+              help="Precision of the layers left unquantized (tensorrt target).")
+@click.option("--target", type=click.Choice(TARGETS), default=default(QuantizeOptions, "target"),
               show_default=True,
               help="tensorrt: modelopt, symmetric int8 (runs on TensorRT and OpenVINO); cpu: ONNX "
                    "Runtime QDQ with uint8 activations (fast on ONNX Runtime's CPU provider).")
 @click.option("--sensitivity", is_flag=True,
               help="Measure the PSNR drop attributable to each quantized layer on held-out crops.")
-@click.option("--max-drop", type=float, default=None, metavar="DB",
+@click.option("--max-drop", type=FiniteFloat(0.0), default=None, metavar="DB",
               help="Keep the most sensitive layers in higher precision until the held-out PSNR "
                    "drop is at most DB.")
-@click.option("--input-range", type=click.Choice(["1", "255"]), default=None,
+@click.option("--input-range", type=click.Choice([str(r) for r in INPUT_RANGES]), default=None,
               help="Input range of a graph without sidecar.")
 @click.option("--out", type=click.Path(dir_okay=False), default=defaults.INT8_ONNX,
               show_default=True, help="Output QDQ ONNX file.")
-def quantize(model, out, input_range, **kwargs) -> None:
+def quantize(model, out, input_range, dataset, calib_alias, exclude, **kwargs) -> None:
     """INT8 post-training quantization (QDQ graph) calibrated on crops."""
-    record = api.quantize(model, out, input_range=int(input_range) if input_range else None,
-                          exclude=tuple(kwargs.pop("exclude")), **kwargs)
+    options = QuantizeOptions(dataset=_one_of(dataset, calib_alias, "--dataset", "--calib"),
+                              input_range=int(input_range) if input_range else None,
+                              exclude=tuple(exclude), **kwargs)
+    record = api.quantize(model, out, options)
     calibration, heldout = record["calibration"], record["heldout"]
     q = record["quantization"]
     click.echo(f"calibrated on {calibration['crops']} crops of {calibration['crop_size']}px from "
@@ -283,9 +330,10 @@ def quantize(model, out, input_range, **kwargs) -> None:
 @cli.command("run")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--runtime", type=click.Choice(["ort", "openvino"]), default="ort",
-              show_default=True, help="ONNX Runtime (reference; fake-quant for QDQ graphs) or "
-                                      "OpenVINO (int8 kernels on CPU).")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=RUNTIMES[0],
+              show_default=True, help="ONNX Runtime (reference; fake-quant for QDQ graphs), "
+                                      "OpenVINO (int8 kernels on CPU) or torch (the FP32 network "
+                                      "the graph was exported from).")
 @click.option("--overlap", type=click.IntRange(min=0), default=None,
               help="Tile overlap in input pixels (default: from the receptive field).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
@@ -304,11 +352,12 @@ def data() -> None:
 
 
 @data.command("fetch")
-@click.argument("name", type=click.Choice(["div2k_valid", "div2k_train", "photos"]))
+@click.argument("name", type=click.Choice(FETCHABLE_SETS))
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Where DIV2K/ or photos/ goes (default $RCAN_DEPLOY_DATA, else "
                    "~/.cache/rcan_deploy/data).")
-@click.option("--lr-scale", "lr_scales", type=click.Choice(["2", "3", "4"]), multiple=True,
+@click.option("--lr-scale", "lr_scales", type=click.Choice([str(s) for s in LR_SCALES]),
+              multiple=True,
               help="DIV2K: also fetch the official bicubic LR archive for this scale (repeatable).")
 @click.option("--mirror", default=None, metavar="URL",
               help="photos: Debian archive root that holds pool/ (default "
@@ -321,32 +370,43 @@ def data_fetch(name, data_root, lr_scales, mirror) -> None:
 
 
 @cli.command("train")
-@click.option("--source", type=click.Choice(["official", "basicsr"]), default="official",
+@click.option("--source", type=click.Choice(list(SOURCES)), default=default(TrainJob, "source"),
               show_default=True, help="Layout of the checkpoint to write.")
-@click.option("--variant", default=defaults.VARIANT, show_default=True, metavar="NAME",
-              help="Registered variant to train.")
-@click.option("--scale", type=int, default=defaults.SCALE, show_default=True)
-@click.option("--dataset", default="samples", show_default=True, metavar="NAME|DIR",
-              help="Training images (samples uses its train split).")
+@click.option("--variant", default=default(TrainJob, "variant"), show_default=True,
+              metavar="NAME", help="Registered variant to train.")
+@click.option("--scale", type=click.IntRange(2, 16), default=default(TrainJob, "scale"),
+              show_default=True)
+@click.option("--dataset", default=default(TrainJob, "dataset"), show_default=True,
+              metavar="NAME|DIR", help="Training images (samples uses its train split).")
 @click.option("--val-dataset", default=None, metavar="NAME|DIR",
               help="Validation images (default: the samples held-out split).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None)
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Fine-tune from this checkpoint.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state.pt.")
-@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--patch-size", type=click.IntRange(min=8), default=48, show_default=True,
-              help="LR patch size.")
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Adam learning rate.")
-@click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine",
+@click.option("--steps", type=click.IntRange(min=1), default=default(TrainOptions, "steps"),
               show_default=True)
-@click.option("--val-every", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1),
+              default=default(TrainOptions, "batch_size"), show_default=True)
+@click.option("--patch-size", type=click.IntRange(min=8),
+              default=default(TrainOptions, "patch_size"), show_default=True,
+              help="LR patch size.")
+@click.option("--learning-rate", type=FiniteFloat(0.0, open_low=True), default=None,
+              metavar="LR", help=f"Adam learning rate. [default: "
+                                 f"{default(TrainOptions, 'learning_rate')}]")
+@click.option("--lr", "lr_alias", type=FiniteFloat(0.0, open_low=True), default=None, hidden=True)
+@click.option("--schedule", type=click.Choice(SCHEDULES),
+              default=default(TrainOptions, "schedule"), show_default=True)
+@click.option("--val-every", type=click.IntRange(min=1),
+              default=default(TrainOptions, "val_every"), show_default=True)
+@click.option("--seed", type=SEED, default=default(TrainOptions, "seed"), show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Checkpoint to write (model card: OUT.json).")
-def train_command(out, **kwargs) -> None:
+def train_command(out, learning_rate, lr_alias, **kwargs) -> None:
     """Train or fine-tune a variant (L1, Adam, flips/rotations, periodic validation PSNR)."""
+    rate = _one_of(learning_rate, lr_alias, "--learning-rate", "--lr")
+    if rate is not None:
+        kwargs["learning_rate"] = rate
     card = api.train(out, **kwargs)
     held = card["heldout"]
     click.echo(f"wrote {out} and {out}.json: held-out {card['val_set']['name']} "
@@ -370,8 +430,8 @@ _register_subcommands()
 @cli.command("demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="rcan_deploy_demo",
               show_default=True, help="Folder for the graphs and the report.")
-@click.option("--runtime", type=click.Choice(["openvino", "ort"]), default="openvino",
-              show_default=True, help="CPU runtime for the bench.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=DEMO_RUNTIME,
+              show_default=True, help="Runtime of the bench.")
 def demo_command(out_dir, runtime) -> None:
     """Shipped SR4K RCAN x2 -> export -> rewrite -> INT8 -> bench -> report -> gate."""
     from ..demo_pipeline import demo

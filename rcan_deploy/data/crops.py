@@ -25,8 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..artifacts import atomic_path, write_json
-from ..errors import UserError
+from ..errors import UserError, os_reason as _reason
 from .datasets import Dataset, default_cache_root
+from ..defaults import progress_off
 
 DEFAULT_N_CROPS = 64
 DEFAULT_CROP_SIZE = 128
@@ -56,7 +57,7 @@ def _cache_key(dataset: Dataset, n_crops: int, crop_size: int, seed: int) -> str
                 try:
                     stat = path.stat()
                 except OSError as exc:
-                    raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+                    raise UserError(f"{path}: cannot read ({_reason(exc)})") from None
                 files.append([str(path), stat.st_size, stat.st_mtime_ns])
     identity = {"dataset": dataset.describe(), "files": files, "n_crops": n_crops,
                 "crop_size": crop_size, "seed": seed, "sampling": _SAMPLING}
@@ -99,7 +100,8 @@ def _cut_crops(dataset: Dataset, n_crops: int, crop_size: int, seed: int,
         plan.setdefault(image, []).append((index, y, x))
         crops.append({"image": pair.name, "y": y, "x": x})
     array = np.empty((n_crops, 3, crop_size, crop_size), dtype=np.float32)
-    for image in tqdm(sorted(plan), desc="calibration crops", unit="image", disable=not progress):
+    for image in tqdm(sorted(plan), desc="calibration crops", unit="image",
+                      disable=progress_off(progress)):
         lr = eligible[image][0].load_lr()
         for index, y, x in plan[image]:
             array[index] = lr[y:y + crop_size, x:x + crop_size].transpose(2, 0, 1)
@@ -108,7 +110,8 @@ def _cut_crops(dataset: Dataset, n_crops: int, crop_size: int, seed: int,
 
 def calibration_crops(dataset: Dataset, n_crops: int = DEFAULT_N_CROPS,
                       crop_size: int = DEFAULT_CROP_SIZE, seed: int = DEFAULT_SEED,
-                      cache_dir: str | Path | None = None, progress: bool = False) -> CropSet:
+                      cache_dir: str | Path | None = None,
+                      progress: bool | None = False) -> CropSet:
     """``n_crops`` deterministic ``crop_size`` LR crops of ``dataset`` (cached; see module doc)."""
     limits = (("n_crops", n_crops, 1), ("crop_size", crop_size, 1), ("seed", seed, 0))
     for label, value, low in limits:
@@ -141,6 +144,6 @@ def calibration_crops(dataset: Dataset, n_crops: int = DEFAULT_N_CROPS,
             np.savez(handle, crops=array)
         write_json(manifest_path, manifest)
     except OSError as exc:
-        raise UserError(f"{folder}: cannot write the crop cache ({exc.strerror}); "
+        raise UserError(f"{folder}: cannot write the crop cache ({_reason(exc)}); "
                         "set RCAN_DEPLOY_CACHE to a writable folder") from None
     return CropSet(array, manifest, npz_path)

@@ -34,12 +34,13 @@ from typing import Any, Iterator
 import numpy as np
 import yaml
 
-from ..errors import UserError
+from ..errors import UserError, os_reason as _reason
 from .imresize import imresize, mod_crop
 from .io import IMAGE_SUFFIXES, image_size, read_image, to_float, write_image
 
 DIV2K_SETS = ("div2k_valid", "div2k_train")
 NAMED_SETS = (*DIV2K_SETS, "samples", "photos")
+FETCHABLE_SETS = (*DIV2K_SETS, "photos")  # what `rcan-deploy data fetch` installs
 # Splits by set and the role each plays: "calibration" (PTQ statistics), "selection" (choosing a
 # recipe or mixed precision), "heldout" (evaluation only).
 SPLIT_ROLES = {
@@ -136,7 +137,7 @@ class ImagePair:
                         stale.unlink(missing_ok=True)
                 write_image(cached, lr)
             except OSError as exc:
-                raise UserError(f"{cached.parent}: cannot write the LR cache ({exc.strerror}); "
+                raise UserError(f"{cached.parent}: cannot write the LR cache ({_reason(exc)}); "
                                 "set RCAN_DEPLOY_CACHE to a writable folder") from None
         return lr
 

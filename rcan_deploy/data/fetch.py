@@ -30,12 +30,14 @@ from typing import Iterable
 
 from tqdm import tqdm
 
-from ..errors import UserError
+from ..defaults import progress_off
+from ..errors import UserError, os_reason as _reason
 from .datasets import (DIV2K_SETS, SPLIT_ROLES, default_data_root, missing_photos,
                        set_definitions)
 from .debian import archive_roots, read_members
 
 DIV2K_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
+LR_SCALES = (2, 3, 4)  # scales of DIV2K's bicubic LR archives (calibration/sets.yaml)
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
 _RETRY_WAIT_S = 2.0
@@ -53,7 +55,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_attempt(url: str, part: Path, size: int, progress: bool) -> None:
+def _download_attempt(url: str, part: Path, size: int, progress: bool | None) -> None:
     """One HTTP request appending to ``part`` (Range from its size); network errors propagate."""
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -68,13 +70,13 @@ def _download_attempt(url: str, part: Path, size: int, progress: bool) -> None:
                             "(is the checksum table out of date?)")
         with open(part, "ab" if have else "wb") as handle, \
                 tqdm(total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                     desc=part.name[: -len(".part")], disable=not progress) as bar:
+                     desc=part.name[: -len(".part")], disable=progress_off(progress)) as bar:
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 handle.write(chunk)
                 bar.update(len(chunk))
 
 
-def _download(url: str, target: Path, size: int, sha256: str, progress: bool,
+def _download(url: str, target: Path, size: int, sha256: str, progress: bool | None,
               attempts: int) -> None:
     """Download ``url`` to ``target`` through ``target.part``, resuming; verify size and sha256."""
     part = target.with_name(target.name + ".part")
@@ -143,7 +145,7 @@ def _extract(archive: Path, div2k_dir: Path, expected: str) -> None:
 
 
 def fetch_div2k(name: str, data_root: str | Path | None = None, base_url: str = DIV2K_BASE_URL,
-                progress: bool = True, lr_scales: Iterable[int] = (),
+                progress: bool | None = None, lr_scales: Iterable[int] = (),
                 checksums: dict[str, dict[str, object]] | None = None, attempts: int = 3) -> Path:
     """Download and extract ``div2k_valid`` or ``div2k_train`` (HR, plus LR bicubic ``lr_scales``).
 
@@ -172,7 +174,7 @@ def fetch_div2k(name: str, data_root: str | Path | None = None, base_url: str = 
         try:
             data_root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"{data_root}: cannot create the folder ({exc.strerror})") from None
+            raise UserError(f"{data_root}: cannot create the folder ({_reason(exc)})") from None
         archive = data_root / archive_name
         complete = archive.is_file() and archive.stat().st_size == size
         if not (complete and _sha256(archive) == sha256):
@@ -199,7 +201,7 @@ def _data_root(data_root: str | Path | None) -> Path:
     return root
 
 
-def _fetch_package(entry: dict, target: Path, roots: list[str], progress: bool,
+def _fetch_package(entry: dict, target: Path, roots: list[str], progress: bool | None,
                    attempts: int) -> None:
     """Download one package to ``target`` from the first archive root that has it."""
     size, sha256 = int(entry["size"]), str(entry["sha256"])
@@ -226,7 +228,7 @@ def _replace_folder(staging: Path, target: Path) -> None:
 
 
 def fetch_photos(data_root: str | Path | None = None, mirror: str | None = None,
-                 progress: bool = True, attempts: int = 3,
+                 progress: bool | None = None, attempts: int = 3,
                  definition: dict | None = None) -> Path:
     """Install the ``photos`` set as ``<data root>/photos`` from the Debian packages that ship it.
 

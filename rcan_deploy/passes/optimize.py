@@ -12,6 +12,7 @@ never depends on the deployment size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -22,20 +23,22 @@ from ..onnx_utils import input_shape, max_abs_error, run, simplify
 from .affine import fold_affine
 from .fuse_upsampler import fuse_upsampler
 from .meanshift import fold_meanshift
-from .pixel_shuffle import FORMS, native_pixel_shuffle, rewrite_pixel_shuffle
+from .pixel_shuffle import PIXEL_SHUFFLE_CHOICES, native_pixel_shuffle, rewrite_pixel_shuffle
 
-PIXEL_SHUFFLE_CHOICES = ("keep", *FORMS)
 # Largest accepted |optimized - input| relative to max(1, max |input graph output|).
 RELATIVE_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
 class OptimizeOptions:
-    """Which passes run. ``pixel_shuffle``: keep, or one of the rewrite forms."""
+    """Which passes run (``pixel_shuffle``: keep, or one of the rewrite forms); the value range
+    (None: from the record, else 1) and seed of the verification input."""
 
     fold_meanshift: bool = True
     fuse_upsampler: bool = True
     pixel_shuffle: str = "keep"
+    input_range: int | None = None
+    seed: int = 0
 
     def check(self) -> None:
         if self.pixel_shuffle not in PIXEL_SHUFFLE_CHOICES:
@@ -114,8 +117,25 @@ def optimize_verified(model: onnx.ModelProto, options: OptimizeOptions = Optimiz
     return optimized, passes, verification
 
 
-def macs_summary(passes: list[dict]) -> dict:
-    """Per-input-pixel MACs of the fused tails before and after (from the fusion records)."""
-    sites = next((p["sites"] for p in passes if p["name"] == "fuse_upsampler"), [])
-    return {"fused_sites": len(sites),
-            "tail_macs_per_input_pixel": [s["macs_per_input_pixel"] for s in sites]}
+def optimize_file(model_path: str | Path, out: str | Path, options: OptimizeOptions) -> dict:
+    """Optimize the graph in ``model_path``, verify it, write ``out`` and its record: the
+    passes, the verification, the MACs the graph executes (``costs``) and the published
+    network's (``architecture``, kept from the parent's record, else the input graph's)."""
+    from ..artifacts import check_destination
+    from ..costs import cost_totals, model_info
+    from ..onnx_utils import load_model, output_shape
+    from ..record import derive, read_record, save_onnx
+
+    check_destination(out, [model_path])
+    original = load_model(model_path)
+    parent = read_record(model_path)
+    value_range = options.input_range or (parent.input_range if parent else None) or 1
+    model, passes, verification = optimize_verified(original, options, value_range=value_range,
+                                                    seed=options.seed)
+    record = derive(model_path, parent.kind if parent else "onnx-fp32", parent)
+    record.input_shape, record.output_shape = input_shape(model), output_shape(model)
+    record.sections["optimize"] = {"passes": passes, "verification": verification}
+    if all(isinstance(d, int) for d in record.input_shape):
+        record.sections["costs"] = cost_totals(model_info(model))
+        record.sections.setdefault("architecture", cost_totals(model_info(original)))
+    return save_onnx(model, out, record)

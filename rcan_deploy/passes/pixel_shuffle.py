@@ -14,6 +14,7 @@ from ..errors import UserError
 from . import export_rewritten
 
 FORMS = ("reshape", "reshape5d", "convtranspose")
+PIXEL_SHUFFLE_CHOICES = ("keep", *FORMS)  # "keep": leave the graph's own form
 
 # Transpose perm applied to the 6-D view (N, C, r, r, H, W) for CRD or (N, r, r, C, H, W) for DCR.
 _PERMS = {"CRD": (0, 1, 4, 2, 5, 3), "DCR": (0, 3, 4, 1, 5, 2)}

@@ -25,8 +25,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +41,10 @@ from typing import Iterator
 import numpy as np
 import onnx
 
+from ..artifacts import process_alive
+from ..data.crops import DEFAULT_CROP_SIZE, DEFAULT_N_CROPS, DEFAULT_SEED
 from ..errors import UserError
+from ..record import INPUT_RANGES
 from ..onnx_utils import input_shape, ort_session, run
 from .graph import activation_scales, dynamic_copy, fix_spatial_shape, quantized_layers
 
@@ -50,13 +56,23 @@ PERCENTILE = 99.999
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    """How to quantize; ``exclude`` holds regexes of node names kept in higher precision."""
+    """How to quantize: the calibration set and crops, the PTQ method and target, what stays in
+    higher precision (``exclude`` regexes, ``keep_float`` exact names), the held-out check."""
 
+    dataset: str | None = None  # name or folder; None: div2k_valid when present, else samples
+    data_root: str | None = None
+    calib_crops: int = DEFAULT_N_CROPS
+    crop_size: int = DEFAULT_CROP_SIZE
+    seed: int = DEFAULT_SEED
     method: str = "max"
     target: str = "tensorrt"
     high_precision: str = "fp32"
     exclude: tuple[str, ...] = ()
     keep_float: tuple[str, ...] = field(default=())  # exact node names (sensitivity fallback)
+    sensitivity: bool = False
+    max_drop: float | None = None
+    heldout_crops: int = 16
+    input_range: int | None = None  # of a graph without sidecar
 
     def check(self) -> None:
         for flag, value, choices in (("--method", self.method, METHODS),
@@ -64,6 +80,17 @@ class QuantizeOptions:
                                      ("--high-precision", self.high_precision, HIGH_PRECISIONS)):
             if value not in choices:
                 raise UserError(f"{flag} {value!r}: expected one of {', '.join(choices)}")
+        for flag, value, low in (("--calib-crops", self.calib_crops, 1),
+                                 ("--crop-size", self.crop_size, 8), ("--seed", self.seed, 0),
+                                 ("heldout_crops", self.heldout_crops, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"{flag} {value!r}: expected an integer >= {low}")
+        if self.max_drop is not None and not (isinstance(self.max_drop, (int, float))
+                                              and math.isfinite(self.max_drop)
+                                              and self.max_drop >= 0):
+            raise UserError(f"--max-drop {self.max_drop}: expected a non-negative number of dB")
+        if self.input_range not in (None, *INPUT_RANGES):
+            raise UserError(f"--input-range {self.input_range}: expected 1 or 255")
         for pattern in self.exclude:
             try:
                 re.compile(pattern)
@@ -123,13 +150,36 @@ def _modelopt(dynamic_path: str, out_path: str, crops: np.ndarray, method: str,
                    "high_precision": high_precision, "exclude": exact_name_patterns(exclude)},
                   handle)
     done = subprocess.run([sys.executable, "-m", "rcan_deploy.quant.modelopt_worker", job_path],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, preexec_fn=_die_with_parent)
     if done.returncode != 0 or not os.path.isfile(out_path):
         lines = (done.stderr or "no output").strip().splitlines()
         if any("No module named 'modelopt'" in line for line in lines):
             raise UserError("--target tensorrt needs nvidia-modelopt: pip install -c "
                             "constraints.txt -e . (see README)")
         raise RuntimeError("modelopt quantization failed: " + "\n".join(lines[-15:]))
+
+
+def _die_with_parent() -> None:
+    """In the worker (Linux): get SIGKILL when the parent dies, so a killed quantize leaves no
+    orphan running."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _work_folder():
+    """A temporary folder for the dynamic graph, crops and the worker's job, named with this
+    process's id; folders of killed runs (their process gone) are removed first."""
+    prefix = "rcan-deploy-quantize-"
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(prefix):].split("-")[0]
+        if name.startswith(prefix) and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
 
 
 def _ort_static(dynamic_path: str, out_path: str, crops: np.ndarray, method: str,
@@ -196,7 +246,7 @@ def quantize_model(model: onnx.ModelProto, crops: np.ndarray,
                         "reshape pixel-shuffle form): quantize the export with --pixel-shuffle "
                         "keep or convtranspose, then `rcan-deploy rewrite` the INT8 graph "
                         f"({type(exc).__name__})") from None
-    with tempfile.TemporaryDirectory() as tmp:
+    with _work_folder() as tmp:
         dynamic_path, out_path = os.path.join(tmp, "dynamic.onnx"), os.path.join(tmp, "q.onnx")
         onnx.save(dynamic, dynamic_path)
         if options.target == "cpu":

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..metrics import psnr
 from ..backends.onnxruntime import OnnxRuntimeRunner
 from .graph import dynamic_copy, float_layers, quantized_layers
+from ..defaults import progress_off
 
 
 @dataclass
@@ -39,7 +40,7 @@ def mean_psnr(model: onnx.ModelProto, crops: EvalCrops, input_range: int) -> flo
 
 
 def layer_sensitivity(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: EvalCrops,
-                      input_range: int, progress: bool = True) -> dict:
+                      input_range: int, progress: bool | None = None) -> dict:
     """PSNR of the fp32 and INT8 graphs and, per quantized layer, the PSNR regained when that
     layer alone runs in float; layers sorted most sensitive first."""
     fp32_dyn, qdq_dyn = dynamic_copy(fp32), dynamic_copy(qdq)
@@ -47,7 +48,7 @@ def layer_sensitivity(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: EvalCr
     int8_psnr = mean_psnr(qdq_dyn, crops, input_range)
     layers = []
     for name in tqdm(quantized_layers(qdq_dyn), desc="sensitivity", unit="layer",
-                     disable=not progress, leave=False):
+                     disable=progress_off(progress), leave=False):
         regained = mean_psnr(float_layers(qdq_dyn, [name]), crops, input_range) - int8_psnr
         layers.append({"layer": name, "psnr_drop_attributed": regained})
     layers.sort(key=lambda row: row["psnr_drop_attributed"], reverse=True)

@@ -16,10 +16,8 @@ TensorRT's warnings (unfused Q/DQ nodes among them) are kept in the sidecar (``b
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,10 +25,10 @@ from typing import Any
 import onnx
 
 from .. import defaults
-from ..artifacts import (atomic_path, command_line, read_sidecar, sha256_file, sidecar_path,
-                         tool_versions, write_json)
-from ..errors import UserError
+from ..artifacts import atomic_path, check_destination
+from ..errors import UserError, short_reason
 from ..onnx_utils import input_shape, load_model
+from ..record import Record, derive, publish, read_record
 from . import require_cudart, require_tensorrt
 from .device import current_gpu
 from .engine import dtype_name, trt_logger
@@ -38,8 +36,6 @@ from .engine import dtype_name, trt_logger
 PRECISIONS = ("int8", "fp32", "fp16", "best")
 PROFILE_VERBOSITIES = ("layer_names_only", "detailed", "none")
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-# What an engine inherits from its ONNX parent's sidecar (what the network is, its value range).
-_INHERITED = ("source", "variant", "config", "native_input_range", "weights", "input_range")
 _EXTRA_VERSIONS = ("tensorrt", "cuda-python", "cuda-bindings", "nvidia-modelopt")
 
 
@@ -159,18 +155,14 @@ class BuildResult:
 
 def engine_record(options: BuildOptions, plan: NetworkPlan, onnx_path: Path,
                   tensorrt_version: str, gpu: dict[str, Any], result: BuildResult,
-                  seconds: float) -> dict[str, Any]:
-    """The sidecar fields of an engine (without the standard artifact fields)."""
-    parent = read_sidecar(onnx_path) or {}
+                  seconds: float) -> Record:
+    """The record of an engine built from ``onnx_path`` (derived from the graph's record)."""
     io = result.io
-    return {
-        **{key: parent[key] for key in _INHERITED if key in parent},
-        "kind": "tensorrt-engine",
+    record = derive(onnx_path, "tensorrt-engine", read_record(onnx_path))
+    record.input_shape = io["inputs"][0]["shape"]
+    record.output_shape = io["outputs"][0]["shape"]
+    record.sections.update({
         "precision": options.precision,
-        "parent": {"path": str(onnx_path), "sha256": sha256_file(onnx_path),
-                   "kind": parent.get("kind", "onnx")},
-        "input_shape": io["inputs"][0]["shape"],
-        "output_shape": io["outputs"][0]["shape"],
         **io,
         "tensorrt": {"version": tensorrt_version},
         "gpu": {"name": gpu["name"], "compute_capability": gpu["compute_capability"]},
@@ -181,7 +173,8 @@ def engine_record(options: BuildOptions, plan: NetworkPlan, onnx_path: Path,
                   "graph": "fp16 copy (modelopt autocast)" if plan.fp16_copy else "as is",
                   **({"fp16": result.fp16} if result.fp16 else {}),
                   "warnings": result.warnings},
-    }
+    })
+    return record
 
 
 def build_engine(onnx_path: str | Path = defaults.INT8_ONNX, out: str | Path | None = None, *,
@@ -195,6 +188,8 @@ def build_engine(onnx_path: str | Path = defaults.INT8_ONNX, out: str | Path | N
     options = BuildOptions(precision, workspace_mb, str(timing_cache) if timing_cache else None,
                            profile_verbosity)
     options.validate()
+    check_destination(Path(out) if out else default_engine_path(onnx_path, precision),
+                      [onnx_path, timing_cache])
     trt = require_tensorrt()
     gpu = current_gpu(require_cudart())
     onnx_path = Path(onnx_path)
@@ -204,17 +199,10 @@ def build_engine(onnx_path: str | Path = defaults.INT8_ONNX, out: str | Path | N
     flags = all(hasattr(trt.BuilderFlag, name) for name in ("FP16", "INT8"))
     plan = network_plan(precision, has_qdq(model), flags)
     start = time.perf_counter()
-    with atomic_path(out) as tmp:
-        serialized, result = _build(trt, onnx_path, model, plan, options)
-        record = engine_record(options, plan, onnx_path, trt.__version__, gpu, result,
-                               time.perf_counter() - start)
-        tmp.write_bytes(serialized)
-        sidecar = {"artifact": out.name, "sha256": sha256_file(tmp),
-                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "command": command_line(), **record, "versions": tool_versions(_EXTRA_VERSIONS)}
-        sidecar = json.loads(json.dumps(sidecar, default=str))  # what readers will see
-        write_json(sidecar_path(out), sidecar)
-    return sidecar
+    serialized, result = _build(trt, onnx_path, model, plan, options)
+    record = engine_record(options, plan, onnx_path, trt.__version__, gpu, result,
+                           time.perf_counter() - start)
+    return publish(out, record, lambda tmp: tmp.write_bytes(serialized), _EXTRA_VERSIONS)
 
 
 def fp16_reference(path: Path, model: onnx.ModelProto) -> tuple[Any, dict[str, Any]]:
@@ -224,13 +212,14 @@ def fp16_reference(path: Path, model: onnx.ModelProto) -> tuple[Any, dict[str, A
     from ..data.datasets import get_dataset
     from ..onnx_utils import graph_scale
 
-    sidecar = read_sidecar(path) or {}
-    value_range = int(sidecar.get("input_range", 255))
-    dataset = get_dataset("samples", graph_scale(model, sidecar, path), split="train")
+    record = read_record(path)
+    recorded = record.input_range if record else None
+    value_range = recorded or 255
+    dataset = get_dataset("samples", graph_scale(model, record, path), split="train")
     crops = calibration_crops(dataset, 8, 64, 0)
     return crops.array * value_range, {
         "reference": f"{len(crops.array)} crops of 64 px, samples training split, range "
-                     f"0..{value_range}" + ("" if "input_range" in sidecar else " (no sidecar)")}
+                     f"0..{value_range}" + ("" if recorded else " (no sidecar)")}
 
 
 def _build(trt: ModuleType, path: Path, model: onnx.ModelProto, plan: NetworkPlan,
@@ -266,7 +255,7 @@ def _build(trt: ModuleType, path: Path, model: onnx.ModelProto, plan: NetworkPla
         _load_timing_cache(config, Path(options.timing_cache))
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        detail = f" ({logger.errors[-1].strip()[:200]})" if logger.errors else ""
+        detail = f" ({short_reason(Exception(logger.errors[-1]), 200)})" if logger.errors else ""
         raise UserError(f"{path}: TensorRT could not build an engine{detail}")
     if options.timing_cache:
         with atomic_path(options.timing_cache) as tmp:

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import read_sidecar
-from ..errors import UserError
+from ..errors import UserError, short_reason
+from ..record import read_record
 from .device import current_gpu
 
 
@@ -74,14 +74,15 @@ def mismatch_error(path: Path, tensorrt_version: str, gpu: dict[str, Any],
     """A one-line error for an engine this TensorRT/GPU cannot load, naming what its sidecar says
     it was built with against what is here."""
     here = f"TensorRT {tensorrt_version} on {gpu['name']} (sm {gpu['compute_capability']})"
-    sidecar = read_sidecar(path) or {}
-    if "tensorrt" in sidecar and "gpu" in sidecar:
-        built = sidecar["gpu"]
-        origin = (f"it was built with TensorRT {sidecar['tensorrt']['version']} on "
+    record = read_record(path, verify=False)
+    sections = record.sections if record else {}
+    if "tensorrt" in sections and "gpu" in sections:
+        built = sections["gpu"]
+        origin = (f"it was built with TensorRT {sections['tensorrt'].get('version')} on "
                   f"{built['name']} (sm {built['compute_capability']})")
     else:
         origin = "no sidecar records what it was built with"
-    reason = f" ({detail.strip().splitlines()[0][:160]})" if detail and detail.strip() else ""
+    reason = f" ({short_reason(Exception(detail))})" if detail and detail.strip() else ""
     return UserError(f"{path}: {here} cannot load this engine{reason}; {origin}: rebuild it here "
                      "with rcan-deploy build")
 

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import read_sidecar
+from ..record import read_record
 from . import require_cudart, require_tensorrt
 from .engine import io_tensors, load_engine
 
@@ -93,9 +93,10 @@ def inspect_engine(engine_path: str | Path) -> dict[str, Any]:
     engine, gpu = loaded.engine, loaded.gpu
     inspector = engine.create_engine_inspector()
     info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
-    sidecar = read_sidecar(path) or {}
-    built_with = ({"tensorrt": sidecar["tensorrt"]["version"], "gpu": sidecar.get("gpu"),
-                   "precision": sidecar.get("precision")} if "tensorrt" in sidecar else None)
+    record = read_record(path)
+    sections = record.sections if record else {}
+    built_with = ({"tensorrt": sections["tensorrt"].get("version"), "gpu": sections.get("gpu"),
+                   "precision": sections.get("precision")} if "tensorrt" in sections else None)
     result = {"engine": str(path), "tensorrt": trt.__version__,
               "gpu": {"name": gpu["name"], "compute_capability": gpu["compute_capability"]},
               "built_with": built_with, "io": io_tensors(trt, engine),

@@ -50,6 +50,7 @@ UNUSABLE = _unusable()
 if UNUSABLE and os.environ.get("RCAN_DEPLOY_REQUIRE_GPU") == "1":
     pytest.fail(f"RCAN_DEPLOY_REQUIRE_GPU=1 but {UNUSABLE}", pytrace=False)
 pytestmark = [
+    pytest.mark.gpu,
     pytest.mark.skipif(UNUSABLE is not None, reason=UNUSABLE or ""),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
@@ -66,7 +67,7 @@ def graphs(tmp_path_factory):
     fp32, int8 = folder / "rcan.onnx", folder / "rcan_int8.onnx"
     rcan_deploy.export(fp32, source="official", variant="rcan2-sr4k", random_weights=True,
                        shape=SHAPE)
-    rcan_deploy.quantize(fp32, int8, calib="samples", calib_crops=16, crop_size=64,
+    rcan_deploy.quantize(fp32, int8, dataset="samples", calib_crops=16, crop_size=64,
                          progress=False)
     crop = data.astronaut()[100:100 + SHAPE[0], 150:150 + SHAPE[1]]
     x = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32)
@@ -132,7 +133,7 @@ def test_unloadable_engines_are_one_line_user_errors(tmp_path):
     garbage = tmp_path / "garbage.plan"
     garbage.write_bytes(b"not an engine" * 64)
     garbage.with_name("garbage.plan.json").write_text(json.dumps(
-        {"tensorrt": {"version": "9.9.9"}, "gpu": {"name": "Other GPU",
+        {"kind": "tensorrt-engine", "tensorrt": {"version": "9.9.9"}, "gpu": {"name": "Other GPU",
                                                    "compute_capability": "7.5"}}))
     with pytest.raises(UserError, match="cannot load this engine.*built with TensorRT 9.9.9 on "
                                         r"Other GPU \(sm 7.5\)") as info:

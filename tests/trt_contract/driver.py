@@ -109,8 +109,8 @@ def scenario_refusals(job: dict, cuda: FakeCuda) -> dict:
     spec["version"] = "9.9.9.9"
     foreign.write_bytes(fake_tensorrt.ENGINE_MAGIC + json.dumps(spec).encode())
     foreign.with_name("foreign.plan.json").write_text(json.dumps(
-        {"tensorrt": {"version": "9.9.9.9"}, "gpu": {"name": "Other GPU",
-                                                    "compute_capability": "7.5"}}))
+        {"kind": "tensorrt-engine", "tensorrt": {"version": "9.9.9.9"},
+         "gpu": {"name": "Other GPU", "compute_capability": "7.5"}}))
     return {"parser": parser, "parser_plan_written": (work / "custom.plan").exists(),
             "cpu_target": cpu, "cpu_plan_written": (work / "cpu.plan").exists(),
             "names_only_build": built, "names_only": json.loads(inspected["out"]),

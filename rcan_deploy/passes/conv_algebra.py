@@ -126,3 +126,37 @@ def strip_size(stages: list[tuple[ConvSpec, int]], last: ConvSpec, pixels: int, 
     for conv, r in [(last, 1), *[(conv, r) for conv, r in reversed(stages)]]:
         index = index // r + conv.pads[far]
     return index + 1
+
+
+def row_phase_groups(conv: ConvSpec, factor: int) -> list[ConvSpec]:
+    """``conv`` (output channels in CRD order for PixelShuffle(factor)) as convs over runs of
+    output row phases, in DCR channel order: concatenated along channels and followed by
+    DepthToSpace(factor, DCR) they give the same image. Each run keeps only the kernel rows its
+    phases use (a conv composed with a shuffle leaves the outer rows of most phases zero), so the
+    pieces cost fewer MACs than the whole."""
+    out_channels, in_channels, kh, kw = conv.weight.shape
+    channels = out_channels // (factor * factor)
+    o, a, b = np.meshgrid(np.arange(channels), np.arange(factor), np.arange(factor),
+                          indexing="ij")
+    crd = (o * factor * factor + a * factor + b).ravel()
+    dcr = ((a * factor + b) * channels + o).ravel()
+    order = np.empty(out_channels, dtype=np.int64)
+    order[dcr] = crd  # DCR channel k is CRD channel order[k]
+    weight, bias = conv.weight[order], conv.bias[order]
+    per_phase = factor * channels  # DCR channels of one row phase a: [a * per_phase, ...)
+    rows = []
+    for phase in range(factor):
+        used = np.flatnonzero(np.abs(weight[phase * per_phase:(phase + 1) * per_phase])
+                              .sum(axis=(0, 1, 3)))
+        rows.append((int(used.min()), int(used.max())) if used.size else (0, 0))
+    groups, start = [], 0
+    for phase in range(1, factor + 1):
+        if phase == factor or rows[phase] != rows[start]:
+            top, bottom = rows[start]
+            channels_slice = slice(start * per_phase, phase * per_phase)
+            pads = (conv.pads[0] - top, conv.pads[1], conv.pads[2] - (kh - 1 - bottom),
+                    conv.pads[3])
+            groups.append(ConvSpec(weight[channels_slice, :, top:bottom + 1], bias[channels_slice],
+                                   pads))
+            start = phase
+    return groups

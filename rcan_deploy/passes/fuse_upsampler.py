@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 
 from . import constant_behind, export_rewritten, sole_consumer
 from .conv_algebra import (SIDES, ConvSpec, border_margins, compose, conv_before_shuffle,
-                           crd_order, merge_shuffles, strip_size)
+                           crd_order, merge_shuffles, row_phase_groups, strip_size)
 from .pixel_shuffle import NodeBuilder, ShuffleSite, find_sites
 
 _END = np.iinfo(np.int64).max
@@ -122,14 +122,19 @@ def _fused(chain: _Chain, first: int) -> ConvSpec:
     return merge_shuffles(conv, [stage.site.r for stage in chain.stages[first:]])
 
 
-def _macs_per_pixel(chain: _Chain, first: int, fused: ConvSpec | None) -> tuple[int, int]:
+def _groups(chain: _Chain, first: int, fused: ConvSpec) -> list[ConvSpec]:
+    """The fused conv split by output row phase (see :func:`row_phase_groups`)."""
+    return row_phase_groups(fused, int(np.prod([s.site.r for s in chain.stages[first:]])))
+
+
+def _macs_per_pixel(chain: _Chain, first: int, fused: ConvSpec) -> tuple[int, int]:
     """(original, fused) MACs per pixel of the input of stage ``first``."""
     area, original = 1, 0
     for stage in chain.stages[first:]:
         original += area * stage.conv.macs_per_pixel()
         area *= stage.site.r ** 2
     original += area * chain.last.macs_per_pixel()
-    return original, fused.macs_per_pixel() if fused is not None else original
+    return original, sum(group.macs_per_pixel() for group in _groups(chain, first, fused))
 
 
 def _best_fusion(chain: _Chain) -> tuple[int, ConvSpec] | None:
@@ -174,9 +179,11 @@ def _rewrite(graph: gs.Graph, chain: _Chain, first: int, fused: ConvSpec) -> dic
     """Replace stages ``first``.. and the last conv by the fused conv and shuffle; near the
     border, where they differ, take whole low-resolution pixels from the original ops on strips.
 
-    The fused conv drops ``m`` low-resolution rows/columns per side (``m = ceil(margin / R)``, by
-    padding less), the strips supply those ``m * R`` output rows/columns, and Concat joins the
-    pieces: no Slice of the full-size output.
+    The fused conv runs as one conv per run of output row phases (fewer kernel rows each,
+    :func:`row_phase_groups`), concatenated in DCR channel order before DepthToSpace (DCR). It
+    drops ``m`` low-resolution rows/columns per side (``m = ceil(margin / R)``, by padding less),
+    the strips supply those ``m * R`` output rows/columns, and Concat joins the pieces: no Slice
+    of the full-size output.
     """
     stages = chain.stages[first:]
     x = stages[0].node.inputs[0]
@@ -187,13 +194,15 @@ def _rewrite(graph: gs.Graph, chain: _Chain, first: int, fused: ConvSpec) -> dic
     specs = [(s.conv, s.site.r) for s in stages]
     margins = border_margins(specs, chain.last)
     trim = {side: -(-margin // factor) for side, margin in margins.items()}  # low-res pixels
-    pads = tuple(p - trim[side] for p, side in zip(fused.pads, SIDES))
-    assert min(pads) >= 0, "a margin cannot exceed the fused conv's padding"
+    groups = _groups(chain, first, fused)
+    pads = [tuple(p - trim[side] for p, side in zip(g.pads, SIDES)) for g in groups]
+    assert min(min(p) for p in pads) >= 0, "a margin cannot exceed the fused conv's padding"
     chain.last_node.outputs.clear()
-    z = _conv_op(b, x, b.const("weight", fused.weight.astype(dtype)),
-                 b.const("bias", fused.bias.astype(dtype)), pads)
+    pieces = [_conv_op(b, x, b.const("weight", g.weight.astype(dtype)),
+                       b.const("bias", g.bias.astype(dtype)), p) for g, p in zip(groups, pads)]
+    z = b.op("Concat", pieces, {"axis": 1}) if len(pieces) > 1 else pieces[0]
     exact = not any(trim.values())
-    main = b.op("DepthToSpace", [z], {"blocksize": factor, "mode": "CRD"},
+    main = b.op("DepthToSpace", [z], {"blocksize": factor, "mode": "DCR"},
                 output=out if exact else None)
     sizes = {side: strip_size(specs, chain.last, trim[side] * factor, side)
              for side in SIDES if trim[side]}
@@ -227,7 +236,10 @@ def _rewrite(graph: gs.Graph, chain: _Chain, first: int, fused: ConvSpec) -> dic
         "factors": [s.site.r for s in stages],
         "modes": [s.site.mode for s in stages],
         "stages_fused": len(stages), "stages_kept": first,
-        "kernel": list(fused.weight.shape[2:]), "pads": list(pads),
+        "kernel": list(fused.weight.shape[2:]), "pads": list(fused.pads),
+        "row_phase_convs": [{"kernel": list(g.weight.shape[2:]), "pads": list(p),
+                             "out_channels": int(g.weight.shape[0])}
+                            for g, p in zip(groups, pads)],
         "channels": [int(fused.weight.shape[1]), int(fused.weight.shape[0])],
         "border": {side: {"differing_output_pixels": margins[side],
                           "strip_output_pixels": trim[side] * factor,

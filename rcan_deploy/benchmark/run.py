@@ -295,10 +295,12 @@ def _dataset(name: str | None, scale: int, data_root):
         split = split_for(name, "heldout")
         data = get_dataset(name, scale, data_root, split=split)
         return data, f"--dataset {name}" + (" (held-out split)" if split else "")
-    if default_set_name(scale, data_root) == "div2k_valid":
-        return get_dataset("div2k_valid", scale, data_root), "default: div2k_valid (found)"
-    data = get_dataset("samples", scale, split="heldout")
-    return data, "default: samples held-out split (div2k_valid not found under the data root)"
+    name = default_set_name(scale, data_root)
+    split = split_for(name, "heldout")
+    why = {"div2k_valid": "found", "photos": "div2k_valid not found under the data root",
+           "samples": "neither div2k_valid nor photos found under the data root"}[name]
+    data = get_dataset(name, scale, data_root, split=split)
+    return data, f"default: {name}" + (f" {split} split" if split else "") + f" ({why})"
 
 
 SSIM_WINDOW = 11  # the Gaussian window; SSIM with 'valid' borders needs at least this many pixels

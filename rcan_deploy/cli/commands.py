@@ -290,13 +290,24 @@ def variants() -> None:
               help="Precision of the layers left unquantized (tensorrt target).")
 @click.option("--target", type=click.Choice(TARGETS), default=default(QuantizeOptions, "target"),
               show_default=True,
-              help="tensorrt: modelopt, symmetric int8 (runs on TensorRT and OpenVINO); cpu: ONNX "
-                   "Runtime QDQ with uint8 activations (fast on ONNX Runtime's CPU provider).")
-@click.option("--sensitivity", is_flag=True,
-              help="Measure the PSNR drop attributable to each quantized layer on held-out crops.")
-@click.option("--max-drop", type=FiniteFloat(0.0), default=None, metavar="DB",
-              help="Keep the most sensitive layers in higher precision until the held-out PSNR "
-                   "drop is at most DB.")
+              help="Where the graph will run. openvino (CPU, int8 kernels) and tensorrt: modelopt, "
+                   "symmetric int8; cpu: ONNX Runtime QDQ with uint8 activations (ONNX Runtime's "
+                   "CPU provider). Whole-image figures are measured on OpenVINO for openvino, "
+                   "else on ONNX Runtime.")
+@click.option("--mixed-precision/--no-mixed-precision", default=True, show_default=True,
+              help="Choose per-layer precision (int8, int8x2, float) on whole images of the "
+                   "selection split until --max-drop/--max-worst-drop hold.")
+@click.option("--max-drop", type=FiniteFloat(0.0, open_low=True),
+              default=default(QuantizeOptions, "max_drop"), show_default=True, metavar="DB",
+              help="Budget: mean PSNR drop on the selection images.")
+@click.option("--max-worst-drop", type=FiniteFloat(0.0, open_low=True),
+              default=default(QuantizeOptions, "max_worst_drop"), show_default=True, metavar="DB",
+              help="Budget: PSNR drop of the worst selection image.")
+@click.option("--min-int8-share", type=click.FloatRange(0, 1),
+              default=default(QuantizeOptions, "min_int8_share"), show_default=True,
+              help="Never keep so much in float that less of the conv MACs run in INT8.")
+@click.option("--selection-images", type=click.IntRange(min=1), default=None,
+              help="Use only the first N selection images (default: all).")
 @click.option("--input-range", type=click.Choice([str(r) for r in INPUT_RANGES]), default=None,
               help="Input range of a graph without sidecar.")
 @click.option("--out", type=click.Path(dir_okay=False), default=defaults.INT8_ONNX,
@@ -307,23 +318,47 @@ def quantize(model, out, input_range, dataset, calib_alias, exclude, **kwargs) -
                               input_range=int(input_range) if input_range else None,
                               exclude=tuple(exclude), **kwargs)
     record = api.quantize(model, out, options)
+    echo_quantize(record, out)
+
+
+def echo_quantize(record: dict, out) -> None:
+    """What quantize did: calibration, precision plan, whole-image drops per image, speed."""
     calibration, heldout = record["calibration"], record["heldout"]
     q = record["quantization"]
     click.echo(f"calibrated on {calibration['crops']} crops of {calibration['crop_size']}px from "
                f"{calibration['set']['name']} ({calibration['set']['count']} images), method "
-               f"{q['method']}, target {q['target']}; {len(q['quantized_layers'])} layers INT8")
-    if "sensitivity" in record:
-        click.echo(f"{'layer':<60} {'dB regained in float':>20}")
-        for row in record["sensitivity"]["layers"]:
-            click.echo(f"{row['layer'][:60]:<60} {row['psnr_drop_attributed']:>20.4f}")
-        fb = record["sensitivity"].get("fallback")
-        if fb:
-            state = "met" if fb["met"] else "NOT met"
-            click.echo(f"--max-drop {fb['max_drop']}: kept in higher precision: "
-                       f"{', '.join(fb['kept_float']) or 'none'} (budget {state})")
-    click.echo(f"held-out crops ({heldout['crops']}, {heldout['set']['name']}): PSNR fp32 "
-               f"{heldout['fp32_psnr']:.3f} dB, int8 {heldout['int8_psnr']:.3f} dB, drop "
-               f"{heldout['drop']:.3f} dB")
+               f"{q['method']}, target {q['target']}")
+    plan = q.get("plan_summary") or {}
+    click.echo(f"precision: {len(q['quantized_layers'])} quantized layers; "
+               + ", ".join(f"{count} {name}" for name, count in plan.items() if count)
+               + f" kept above int8; INT8 share of conv MACs {q['int8_macs_share']:.1%}")
+    search = record.get("mixed_precision")
+    if search:
+        for step in search["steps"]:
+            if not step["measured"]:
+                continue
+            moves = ", ".join(f"{layer} -> {move}" for layer, move in step["moves"].items())
+            click.echo(f"  measured: mean {step['mean_drop']:.3f} dB, worst "
+                       f"{step['worst_drop']:.3f} dB" + (f" after {moves}" if moves else ""))
+        if not search["met"]:
+            click.echo("  budget NOT met (see --max-drop, --max-worst-drop, --min-int8-share)")
+    click.echo(f"whole images of {heldout['set']['name']} {heldout['set'].get('split') or ''} "
+               f"on {heldout['runtime']}, PSNR drop vs FP32 per image:")
+    for name, drop in heldout["images"].items():
+        click.echo(f"  {name[:40]:<40} {heldout['fp32_psnr'][name]:8.3f} dB  drop {drop:6.3f}")
+    click.echo(f"mean drop {heldout['mean_drop']:.3f} dB, worst {heldout['worst_drop']:.3f} dB "
+               f"({heldout['worst_image']})")
+    reference = heldout.get("reference_runtime")
+    if reference:
+        click.echo(f"ONNX Runtime (QDQ reference): mean drop {reference['mean_drop']:.3f} dB, "
+                   f"worst {reference['worst_drop']:.3f} dB; largest runtime deviation "
+                   f"{reference['max_deviation_db']:.3f} dB")
+    if heldout.get("warning"):
+        click.echo(f"warning: {heldout['warning']}", err=True)
+    latency = record["latency"]
+    click.echo(f"latency at {latency['shape']} on {latency['runtime']}: INT8 "
+               f"{latency['int8_median_s'] * 1e3:.0f} ms, FP32 {latency['fp32_median_s'] * 1e3:.0f}"
+               f" ms ({latency['speedup']:.2f}x)")
     click.echo(f"wrote {out}: input {record['input_shape']}")
 
 

@@ -48,7 +48,7 @@ SPLIT_ROLES = {
     "photos": {"calibration": "calib", "selection": "val", "heldout": "test"},
 }
 # default_set_name takes the first of these that is present; the last one is the fallback.
-DEFAULT_SETS = ("div2k_valid", "samples")
+DEFAULT_SETS = ("div2k_valid", "photos", "samples")
 LR_FROM_FILES = "files"
 LR_GENERATED = "matlab-bicubic"
 

@@ -13,17 +13,19 @@ from ..errors import UserError, short_reason
 from ..graph_analysis import sr_graph
 from ..onnx_utils import input_shape, output_shape
 from ..record import Record, derive, read_record, save_onnx
-from . import sensitivity
+from . import precision
+from . import selection as selection_module
 from .ptq import QuantizeOptions, quantize_model
 
 
 def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOptions,
                   progress: bool | None = None) -> dict:
-    """Quantize the fixed-shape graph ``model_path`` (see :mod:`rcan_deploy.quant.ptq`), write
-    ``out`` and its record; return the record."""
+    """Quantize the fixed-shape graph ``model_path`` (see :mod:`rcan_deploy.quant.ptq`), choose
+    per-layer precision on whole selection images on the target's runtime
+    (:mod:`rcan_deploy.quant.selection`), write ``out`` and its record; return the record."""
     from ..data.crops import calibration_crops
     from ..data.datasets import default_set_name, get_dataset, split_for
-    from .graph import activation_scales, dynamic_copy, has_global_pooling, weight_scale_ranges
+    from .graph import activation_scales, has_global_pooling, weight_scale_ranges
 
     options.check()
     check_destination(out, [model_path])
@@ -39,29 +41,37 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
     name = options.dataset or default_set_name(scale, options.data_root)
     dataset = get_dataset(name, scale, options.data_root,
                           split=split_for(name, "calibration"))
+    # the images that choose the precision, never those that calibrate
+    select_split = split_for(name, "selection") or split_for(name, "heldout")
+    selection = get_dataset(name, scale, options.data_root, split=select_split)
     crops = calibration_crops(dataset, options.calib_crops, options.crop_size, options.seed,
                               progress=progress)
-    calib = crops.array * value_range
-    quantized, q_record = quantize_model(model, calib, options)
-    eval_crops, eval_manifest = heldout_crops(name, scale, options)
-    report: dict = {}
-    if options.sensitivity or options.max_drop is not None:
-        report = sensitivity.layer_sensitivity(model, quantized, eval_crops, value_range, progress)
-        if options.max_drop is not None:
-            report["fallback"] = sensitivity.fallback(quantized, report, eval_crops, value_range,
-                                                      options.max_drop)
-            kept = tuple(report["fallback"]["kept_float"])
-            if kept:
-                quantized, q_record = quantize_model(model, calib, replace(options,
-                                                                           keep_float=kept))
-    fp32_psnr = report.get("fp32_psnr")
-    if fp32_psnr is None:
-        fp32_psnr = sensitivity.mean_psnr(dynamic_copy(model), eval_crops, value_range)
-    int8_psnr = sensitivity.mean_psnr(dynamic_copy(quantized), eval_crops, value_range)
-    scales = activation_scales(quantized)
+    quantized, q_record = quantize_model(model, crops.array * value_range, options)
+    plan: dict[str, str] = {}
+    if options.target != "cpu":
+        quantized, q_record["float_stream_inputs"] = precision.float_stream(quantized)
+        macs = precision.layer_macs(quantized)
+        plan = {layer: "int8x2" for layer in precision.small_layers(macs, SMALL_LAYER_SHARE)
+                if layer in q_record["quantized_layers"]}
+    runtime, warning = selection_runtime(options.target)
+    images = selection_module.FrameImages.load(selection, options.selection_images)
+    judge = selection_module.FrameJudge(model, images, runtime, value_range, progress)
+    budget = selection_module.Budget(options.max_drop, options.max_worst_drop,
+                                     options.min_int8_share)
+    search = None
+    if options.mixed_precision and options.target != "cpu":
+        plan, search = selection_module.search_precision(quantized, judge, budget, plan,
+                                                         progress)
+    final = precision.apply_plan(quantized, plan) if plan else quantized
+    heldout = _frame_report(final, model, judge, budget, value_range, warning)
+    macs = precision.int8_macs(final)
+    q_record.update(plan=plan, plan_summary=precision.describe_plan(plan),
+                    int8_macs_share=macs["int8_share"], macs={"total": macs["total"],
+                                                             "int8": macs["int8"]})
+    scales = activation_scales(final)
     record = derive(model_path, "onnx-int8-qdq", parent)
     record.input_range, record.scale = value_range, scale
-    record.input_shape, record.output_shape = input_shape(quantized), output_shape(quantized)
+    record.input_shape, record.output_shape = input_shape(final), output_shape(final)
     record.sections.update({
         "calibration": {"set": dataset.describe(), "crops": crops.manifest["n_crops"],
                         "crop_size": options.crop_size, "seed": options.seed,
@@ -71,15 +81,72 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
         "global_pooling": has_global_pooling(model),
         "scales": {"activations": scales,
                    "activation_summary": _summary(list(scales.values())),
-                   "weights_per_channel_range": weight_scale_ranges(quantized)},
-        "heldout": {"set": eval_manifest["dataset"], "crops": len(eval_crops.lr),
-                    "fp32_psnr": fp32_psnr, "int8_psnr": int8_psnr,
-                    "drop": fp32_psnr - int8_psnr,
-                    "protocol": "standard (Y, border = scale) on LR/HR crop pairs"},
+                   "weights_per_channel_range": weight_scale_ranges(final)},
+        "heldout": heldout,
+        "latency": _latency(final, model, runtime),
     })
-    if report:
-        record.sections["sensitivity"] = report
-    return save_onnx(quantized, out, record)
+    if search is not None:
+        record.sections["mixed_precision"] = search
+    return save_onnx(final, out, record)
+
+
+# Layers each under this share of the conv MACs start as int8x2 (nearly float, still INT8).
+SMALL_LAYER_SHARE = 0.01
+
+
+def selection_runtime(target: str) -> tuple[str, str | None]:
+    """The runtime that measures a graph for ``target``, and a warning when it is a stand-in."""
+    if target == "openvino":
+        return "openvino", None
+    if target == "cpu":
+        return "ort", None
+    return "ort", ("not measured on the target runtime: full-frame figures from ONNX Runtime (the "
+                   "QDQ semantics TensorRT follows); bench the engine (rcan-deploy build, then "
+                   "rcan-deploy bench ENGINE.plan) for TensorRT's own")
+
+
+def _frame_report(final, fp32, judge, budget, value_range: int, warning: str | None) -> dict:
+    """Per-image PSNR of the final graph on the target's runtime and on ONNX Runtime (the QDQ
+    reference), on whole selection images."""
+    drops = judge.drops(final)
+    report = {"set": judge.images.description, "runtime": judge.runtime,
+              "protocol": "standard (Y, border = scale) on whole images",
+              "fp32_psnr": judge.fp32_psnr, **selection_module.summarize(drops),
+              "within_budget": budget.excess(drops) <= 1,
+              "measured_on_target": warning is None}
+    if warning:
+        report["warning"] = warning
+    if judge.runtime != "ort":
+        reference = selection_module.FrameJudge(fp32, judge.images, "ort", value_range,
+                                                judge.progress)
+        ort_drops = reference.drops(final)
+        report["reference_runtime"] = {
+            "runtime": "ort", **selection_module.summarize(ort_drops),
+            "max_deviation_db": max(abs(drops[n] - ort_drops[n] - (judge.fp32_psnr[n] -
+                                                                   reference.fp32_psnr[n]))
+                                    for n in drops)}
+    return report
+
+
+def _latency(final, fp32, runtime: str, repeat: int = 3) -> dict:
+    """Median seconds per frame at the graph's shape on ``runtime``, INT8 and FP32."""
+    import time
+
+    from ..backends import get_runner
+
+    x = np.random.default_rng(0).random(input_shape(final)).astype(np.float32)
+    result = {"runtime": runtime, "shape": input_shape(final)}
+    for label, graph in (("int8", final), ("fp32", fp32)):
+        with get_runner(runtime, graph) as runner:
+            runner.infer(x)
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                runner.infer(x)
+                times.append(time.perf_counter() - start)
+        result[f"{label}_median_s"] = float(np.median(times))
+    result["speedup"] = result["fp32_median_s"] / result["int8_median_s"]
+    return result
 
 
 MIN_OPSET = 13  # per-channel QuantizeLinear
@@ -109,32 +176,6 @@ def _input_range(record: Record | None, flag: int | None, model_path) -> int:
     if flag is None and recorded is None:
         raise UserError(f"{model_path}: no sidecar says its input range; pass --input-range 1|255")
     return flag or recorded
-
-
-def heldout_crops(name: str, scale: int, options: QuantizeOptions):
-    """LR/HR crop pairs not used for calibration: the held-out split of a set that has one
-    (``samples``, ``photos``), else other crop positions (seed + 1) of the same set."""
-    from ..data.crops import calibration_crops
-    from ..data.datasets import get_dataset, split_for
-    from ..data.io import to_uint8
-
-    heldout = split_for(name, "heldout")
-    if heldout is not None:
-        dataset = get_dataset(name, scale, options.data_root, split=heldout)
-        crop_seed = options.seed
-    else:
-        dataset, crop_seed = get_dataset(name, scale, options.data_root), options.seed + 1
-    crops = calibration_crops(dataset, options.heldout_crops, options.crop_size, crop_seed)
-    pairs = {pair.name: pair for pair in dataset}
-    hr_images: dict[str, np.ndarray] = {}
-    hr = []
-    size = options.crop_size * scale
-    for crop in crops.manifest["crops"]:
-        if crop["image"] not in hr_images:
-            hr_images[crop["image"]] = to_uint8(pairs[crop["image"]].load()[1])
-        y, x = crop["y"] * scale, crop["x"] * scale
-        hr.append(hr_images[crop["image"]][y:y + size, x:x + size])
-    return sensitivity.EvalCrops(crops.array, np.stack(hr), scale), crops.manifest
 
 
 def _summary(values: list[float]) -> dict:

@@ -12,10 +12,12 @@ histogram) stays valid; for max pooling the frame value can exceed every crop's,
 the sidecar records ``global_pooling`` and the sensitivity report measures those layers.
 
 Targets:
-- ``tensorrt`` (default): nvidia-modelopt's ONNX PTQ on ONNX Runtime CPU: symmetric int8
-  activations and per-channel int8 weights (zero points 0), Q/DQ placed so TensorRT can fuse
-  residual adds; ``max`` and ``entropy`` calibration are modelopt's own, ``percentile`` keeps
-  modelopt's placement and replaces the activation ranges with ONNX Runtime's percentile ones.
+- ``openvino`` (default) and ``tensorrt``: nvidia-modelopt's ONNX PTQ on ONNX Runtime CPU:
+  symmetric int8 activations and per-channel int8 weights (zero points 0); ``max`` and
+  ``entropy`` calibration are modelopt's own, ``percentile`` keeps modelopt's placement and
+  replaces the activation ranges with percentile ones. OpenVINO runs this graph with int8
+  kernels on CPUs; :mod:`rcan_deploy.quant.pipeline` then keeps the residual stream in float and
+  chooses per-layer precision on the target's runtime.
 - ``cpu``: ONNX Runtime ``quantize_static`` QDQ with uint8 asymmetric activations and int8
   per-channel weights, the form ONNX Runtime's CPU provider fuses into QLinearConv.
 """
@@ -35,7 +37,7 @@ import sys
 import tempfile
 import warnings
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -49,7 +51,7 @@ from ..onnx_utils import input_shape, ort_session, run
 from .graph import activation_scales, dynamic_copy, fix_spatial_shape, quantized_layers
 
 METHODS = ("max", "entropy", "percentile")
-TARGETS = ("tensorrt", "cpu")
+TARGETS = ("openvino", "tensorrt", "cpu")
 HIGH_PRECISIONS = ("fp32", "fp16")
 PERCENTILE = 99.999
 
@@ -65,13 +67,15 @@ class QuantizeOptions:
     crop_size: int = DEFAULT_CROP_SIZE
     seed: int = DEFAULT_SEED
     method: str = "max"
-    target: str = "tensorrt"
+    target: str = "openvino"
     high_precision: str = "fp32"
     exclude: tuple[str, ...] = ()
-    keep_float: tuple[str, ...] = field(default=())  # exact node names (sensitivity fallback)
-    sensitivity: bool = False
-    max_drop: float | None = None
-    heldout_crops: int = 16
+    # per-layer precision search on whole selection images (rcan_deploy.quant.selection)
+    mixed_precision: bool = True
+    max_drop: float = 0.05  # mean PSNR drop budget, dB
+    max_worst_drop: float = 0.2  # worst-image PSNR drop budget, dB
+    min_int8_share: float = 0.8  # of the executed conv MACs
+    selection_images: int | None = None  # None: the whole selection split
     input_range: int | None = None  # of a graph without sidecar
 
     def check(self) -> None:
@@ -81,14 +85,21 @@ class QuantizeOptions:
             if value not in choices:
                 raise UserError(f"{flag} {value!r}: expected one of {', '.join(choices)}")
         for flag, value, low in (("--calib-crops", self.calib_crops, 1),
-                                 ("--crop-size", self.crop_size, 8), ("--seed", self.seed, 0),
-                                 ("heldout_crops", self.heldout_crops, 1)):
+                                 ("--crop-size", self.crop_size, 8), ("--seed", self.seed, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"{flag} {value!r}: expected an integer >= {low}")
-        if self.max_drop is not None and not (isinstance(self.max_drop, (int, float))
-                                              and math.isfinite(self.max_drop)
-                                              and self.max_drop >= 0):
-            raise UserError(f"--max-drop {self.max_drop}: expected a non-negative number of dB")
+        if self.selection_images is not None and (isinstance(self.selection_images, bool) or not
+                                                  isinstance(self.selection_images, int) or
+                                                  self.selection_images < 1):
+            raise UserError(f"--selection-images {self.selection_images!r}: expected an integer "
+                            ">= 1")
+        for flag, value in (("--max-drop", self.max_drop),
+                            ("--max-worst-drop", self.max_worst_drop)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise UserError(f"{flag} {value}: expected a positive number of dB")
+        if not (isinstance(self.min_int8_share, (int, float)) and
+                0 <= self.min_int8_share <= 1):
+            raise UserError(f"--min-int8-share {self.min_int8_share}: expected 0..1")
         if self.input_range not in (None, *INPUT_RANGES):
             raise UserError(f"--input-range {self.input_range}: expected 1 or 255")
         for pattern in self.exclude:
@@ -122,13 +133,13 @@ def _quiet() -> Iterator[None]:
 
 
 def excluded_nodes(model: onnx.ModelProto, options: QuantizeOptions) -> list[str]:
-    """Node names matching any ``--exclude`` regex, plus the exact ``keep_float`` names."""
+    """Node names matching any ``--exclude`` regex."""
     names = [node.name for node in model.graph.node]
     chosen = [n for n in names if any(re.search(p, n) for p in options.exclude)]
     for pattern in options.exclude:
         if not any(re.search(pattern, n) for n in names):
             raise UserError(f"--exclude {pattern!r} matches no node of the graph")
-    return sorted(set(chosen) | set(options.keep_float))
+    return sorted(set(chosen))
 
 
 def exact_name_patterns(names: list[str]) -> list[str]:
@@ -255,7 +266,7 @@ def quantize_model(model: onnx.ModelProto, crops: np.ndarray,
             method = "max" if options.method == "percentile" else options.method
             _modelopt(dynamic_path, out_path, crops, method, options.high_precision, exclude)
         quantized = onnx.load(out_path)
-        if options.method == "percentile" and options.target == "tensorrt":
+        if options.method == "percentile" and options.target != "cpu":
             _replace_activation_scales(quantized, _percentile_scales(
                 dynamic, list(activation_scales(quantized)), crops))
     fixed = fix_spatial_shape(quantized, shape[2], shape[3])

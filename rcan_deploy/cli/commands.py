@@ -19,7 +19,8 @@ from ..data.fetch import LR_SCALES
 from ..errors import GateFailure
 from ..passes.pixel_shuffle import FORMS, PIXEL_SHUFFLE_CHOICES
 from ..passes.rewrite import RewriteOptions
-from ..quant.ptq import HIGH_PRECISIONS, METHODS, TARGETS, QuantizeOptions
+from ..quant.ptq import HIGH_PRECISIONS, METHODS, TARGET_ALIASES, TARGETS, QuantizeOptions
+from ..quant.weight_bits import WEIGHT_BITS
 from ..demo_pipeline import RUNTIME as DEMO_RUNTIME
 from ..record import INPUT_RANGES
 from ..training import SCHEDULES, TrainJob, TrainOptions
@@ -288,10 +289,16 @@ def variants() -> None:
 @click.option("--high-precision", type=click.Choice(HIGH_PRECISIONS),
               default=default(QuantizeOptions, "high_precision"), show_default=True,
               help="Precision of the layers left unquantized (tensorrt target).")
-@click.option("--target", type=click.Choice(TARGETS), default=default(QuantizeOptions, "target"),
-              show_default=True,
-              help="tensorrt: modelopt, symmetric int8 (runs on TensorRT and OpenVINO); cpu: ONNX "
-                   "Runtime QDQ with uint8 activations (fast on ONNX Runtime's CPU provider).")
+@click.option("--target", type=click.Choice([*TARGETS, *TARGET_ALIASES]),
+              default=default(QuantizeOptions, "target"), show_default=True,
+              help="tensorrt: modelopt, symmetric int8 (runs on TensorRT and OpenVINO); openvino: "
+                   "the same graph for OpenVINO on a CPU; ort (alias cpu): ONNX Runtime QDQ with "
+                   "uint8 activations (fast on ONNX Runtime's CPU provider).")
+@click.option("--weight-bits", type=click.Choice(WEIGHT_BITS),
+              default=default(QuantizeOptions, "weight_bits"), show_default=True,
+              help="auto: 7-bit weights for a CPU target (openvino, ort) when this CPU lacks "
+                   "VNNI and AMX (its int8 convolutions saturate 16-bit sums), else 8; 8 or 7 "
+                   "force it (e.g. for another CPU).")
 @click.option("--sensitivity", is_flag=True,
               help="Measure the PSNR drop attributable to each quantized layer on held-out crops.")
 @click.option("--max-drop", type=FiniteFloat(0.0), default=None, metavar="DB",
@@ -312,6 +319,8 @@ def quantize(model, out, input_range, dataset, calib_alias, exclude, **kwargs) -
     click.echo(f"calibrated on {calibration['crops']} crops of {calibration['crop_size']}px from "
                f"{calibration['set']['name']} ({calibration['set']['count']} images), method "
                f"{q['method']}, target {q['target']}; {len(q['quantized_layers'])} layers INT8")
+    weights = q["weights"]
+    click.echo(f"weights: {weights['bits']}-bit ({weights['how']}); {weights['why']}")
     if "sensitivity" in record:
         click.echo(f"{'layer':<60} {'dB regained in float':>20}")
         for row in record["sensitivity"]["layers"]:

@@ -273,3 +273,16 @@ def test_openvino_isa_cap_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="cannot load"):  # raised in the worker, one line here
         runner.activate()
     assert not runner.is_active and runner._worker is None
+
+
+def test_isa_worker_runs_like_the_in_process_runner():
+    model = _tiny_conv()
+    x = np.random.default_rng(3).uniform(0, 1, (1, 16, 8, 8)).astype(np.float32)
+    runner = OpenVINORunner(model, isa="default")  # a worker process without a cap
+    with runner:
+        worker = runner._worker
+        outputs = [runner.infer(x), runner.infer(x)]
+    assert worker.returncode == 0 and runner._worker is None  # the worker ended with the runner
+    assert len(runner.inference_times) == 2 and all(t > 0 for t in runner.inference_times)
+    for output in outputs:
+        np.testing.assert_array_equal(output, _run(model, x, "openvino"))

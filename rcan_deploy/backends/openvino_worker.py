@@ -2,7 +2,8 @@
 
 Started with ONEDNN_MAX_CPU_ISA in its environment; reads pickled ``("load", model, threads)``
 then ``("infer", x)`` messages on stdin until EOF and answers each with ``(status, value)`` on
-the stdout it was given (its own prints go to stderr).
+the stdout it was given (its own prints go to stderr); an inference's value is the output and
+the seconds it took.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import time
 
 
 def main() -> None:
@@ -35,7 +37,9 @@ def main() -> None:
                 request = compile_model(source, threads)
                 answer = ("ok", None)
             else:
-                answer = ("ok", run_request(request, message[1]))
+                start = time.perf_counter()
+                output = run_request(request, message[1])
+                answer = ("ok", (output, time.perf_counter() - start))
         except UserError as exc:
             answer = ("user-error", str(exc))
         except Exception as exc:  # reported to the parent, which raises it

@@ -199,6 +199,9 @@ def test_runner_in_bench_and_freeing_everything_on_failure(report):
     assert candidate["runtime"] == "tensorrt" and candidate["kind"] == "tensorrt-engine"
     assert candidate["graph_shape"] == [1, 3, 32, 48] and ok["report"]["images"]
     assert abs(ok["report"]["summary"]["standard"]["delta"]["psnr"]) < 0.5  # INT8 vs FP32
+    conformance = ok["report"]["conformance"]  # ONNX Runtime ran the engine's parent graph
+    assert conformance["status"] == "checked" and conformance["graph"] == candidate["onnx"]
+    assert "psnr_delta" in ok["report"]["images"][0]["conformance"]
     bench = result["bench_cuda_error"]
     assert "cudaMemcpyAsync failed: cudaErrorIllegalAddress" in _one_line(bench)
     assert bench["live"] == released["live"]

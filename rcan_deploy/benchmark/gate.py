@@ -13,6 +13,12 @@ Checks, for every protocol in the report:
 - The reference is the candidate's FP32 ancestor by sha256 (``provenance.reference_link``
   ``verified``), or the candidate has no record to check it against (``unlinked``); a
   ``mismatch`` or an unknown link fails, and so does a report with no metric to check.
+- Runtime conformance: on every image, |PSNR(runtime) - PSNR(ONNX Runtime)| against HR on the
+  same graph <= ``max_runtime_deviation`` (default 0.02 dB) in each protocol. A runtime that
+  departs from its own graph (e.g. int8 convolutions that saturate on a CPU without VNNI) fails,
+  with one row per failing image. A report of a non-ORT runtime without these figures (made with
+  ``--no-conformance``, or by an older version) fails too: the gate does not pass what it did
+  not check. On ONNX Runtime itself the check holds by definition ("reference runtime").
 - A summary value that is not a number (null, a string, missing) is a malformed report: exit 2.
 """
 
@@ -28,6 +34,8 @@ from ..errors import UserError
 MAX_PSNR_DROP = 0.1
 MAX_SSIM_DROP = 0.005
 TOLERANCE = 0.05
+MAX_RUNTIME_DEVIATION = 0.02
+REFERENCE_RUNTIME = "ort"
 
 
 @dataclass
@@ -49,12 +57,14 @@ class GateResult:
         if self:
             return f"gate passed: {len(self.rows)} checks within limits ({self.report})"
         return "gate failed: " + "; ".join(f"{row['metric']} {row['value']:.4f} > {row['limit']}"
-                                           if isinstance(row["limit"], (int, float)) else
-                                           row["metric"] for row in self.failures)
+                                           if isinstance(row["limit"], (int, float))
+                                           and not math.isnan(row["value"]) else row["metric"]
+                                           for row in self.failures if not row.get("detail"))
 
     def table(self) -> str:
-        lines = [f"{'check':<42} {'value':>10} {'limit':>8}  result"]
-        lines += [f"{row['metric']:<42} {row['value']:>10.4f} {str(row['limit']):>8}  "
+        width = max([42, *(len(row["metric"]) for row in self.rows)])
+        lines = [f"{'check':<{width}} {'value':>10} {'limit':>8}  result"]
+        lines += [f"{row['metric']:<{width}} {row['value']:>10.4f} {str(row['limit']):>8}  "
                   f"{'ok' if row['ok'] else 'FAIL'}" for row in self.rows]
         return "\n".join(lines)
 
@@ -64,11 +74,13 @@ class GateResult:
 
 def gate(report_json: str | Path, baseline: str | Path | None = None,
          max_psnr_drop: float = MAX_PSNR_DROP, max_ssim_drop: float = MAX_SSIM_DROP,
-         tolerance: float = TOLERANCE) -> GateResult:
+         tolerance: float = TOLERANCE,
+         max_runtime_deviation: float = MAX_RUNTIME_DEVIATION) -> GateResult:
     """Check a bench report against the drop budgets (and a baseline report); see the module
     docstring. Unusable input (missing file, not JSON, no reference) is a UserError."""
     for flag, value in (("--max-psnr-drop", max_psnr_drop), ("--max-ssim-drop", max_ssim_drop),
-                        ("tolerance", tolerance)):
+                        ("tolerance", tolerance),
+                        ("--max-runtime-deviation", max_runtime_deviation)):
         if not value >= 0:
             raise UserError(f"{flag} {value}: expected a non-negative number")
     report = _load(report_json)
@@ -83,6 +95,7 @@ def gate(report_json: str | Path, baseline: str | Path | None = None,
             rows.append(_row(f"{metric.upper()} drop vs reference ({protocol})", drop, limit))
     if len(rows) == 1:
         rows.append({"metric": "metrics checked", "value": 0.0, "limit": ">= 1", "ok": False})
+    rows += _conformance_rows(report, report_json, max_runtime_deviation)
     if baseline is not None:
         rows += _baseline_rows(report, report_json, _load(baseline), baseline, tolerance)
     return GateResult(str(report_json), rows)
@@ -112,6 +125,35 @@ def _mean(entry, who: str, metric: str, protocol: str, where) -> float:
 def _row(metric: str, value: float, limit: float) -> dict:
     return {"metric": metric, "value": float(value), "limit": limit,
             "ok": bool(not math.isnan(value) and value <= limit)}
+
+
+def _conformance_rows(report: dict, where, limit: float) -> list[dict]:
+    """The worst |runtime - ONNX Runtime| PSNR difference per protocol, and a row per image
+    beyond ``limit``; one failing row when the figures are missing."""
+    runtime = (report.get("candidate") or {}).get("runtime")
+    entry = report.get("conformance") or {}
+    if runtime == REFERENCE_RUNTIME:
+        return [{"metric": "runtime conformance (ONNX Runtime: reference runtime)",
+                 "value": 0.0, "limit": limit, "ok": True}]
+    if entry.get("status") != "checked" or not report.get("images"):
+        status = entry.get("status") or "no figures in the report"
+        return [{"metric": f"runtime conformance of {runtime} vs ONNX Runtime ({status})",
+                 "value": float("nan"), "limit": limit, "ok": False}]
+    rows = []
+    for protocol in report["summary"]:
+        deviations = {}
+        for image in report["images"]:
+            value = ((image.get("conformance") or {}).get("psnr_delta") or {}).get(protocol)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"{where}: image {image.get('image')!r} has no runtime "
+                                f"conformance figure for {protocol} (a malformed report)")
+            deviations[image["image"]] = abs(float(value))
+        worst = max(deviations, key=deviations.get)
+        rows.append(_row(f"|PSNR {runtime} - ONNX Runtime|, worst image ({protocol})",
+                         deviations[worst], limit))
+        rows += [{**_row(f"  {name[:30]} ({protocol})", value, limit), "detail": True}
+                 for name, value in deviations.items() if not value <= limit]
+    return rows
 
 
 def _baseline_rows(report: dict, report_path, base: dict, base_path, tolerance: float) -> list:

@@ -158,6 +158,7 @@ def _markdown(data: dict, table: list[dict], figures: list[str]) -> str:
                      f"{timing['fps']:.2f} | {timing['output_mpix_per_s']:.2f} |")
     for protocol in data["protocols"]:
         lines += ["", f"## Per image ({protocol})", ""] + _image_table(data, protocol)
+    lines += ["", "## Runtime conformance", ""] + _conformance_lines(data)
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     if data["worst"]:
         worst = data["worst"]
@@ -177,6 +178,51 @@ def _summary_table(data: dict) -> list[str]:
             values = [_fmt((entry.get(who) or {}).get(metric), digits)
                       for who in ("candidate", "reference", "delta", "bicubic")]
             lines.append(f"| {protocol} | {metric.upper()} | {' | '.join(values)} |")
+    return lines
+
+
+def _conformance_lines(data: dict) -> list[str]:
+    """How the candidate's runtime agrees with ONNX Runtime on the same graph, per image."""
+    entry = data.get("conformance") or {}
+    runtime = entry.get("runtime", data["candidate"]["runtime"])
+    if entry.get("openvino_isa"):
+        runtime += f" capped to {entry['openvino_isa']}"
+    if entry.get("status") != "checked":
+        status = entry.get("status", "not measured")
+        note = (" ONNX Runtime defines what a QDQ graph computes, so its outputs conform by "
+                "definition." if status == "reference runtime" else
+                " The gate fails a report without conformance figures.")
+        return [f"{runtime}: {status}.{note}"]
+    protocols = data["protocols"]
+    worst = entry.get("worst", {})
+    worst_image = (worst.get(f"psnr_delta_{protocols[0]}") or {}).get("image")
+    lines = [f"The candidate's graph on {runtime} against the same graph on ONNX Runtime (the "
+             "QDQ reference semantics), same route (pad/tiles) per image: largest absolute "
+             "output difference (0..255), PSNR of the runtime's output against ORT's (8-bit "
+             "RGB, whole image), and runtime minus ORT PSNR against HR per protocol. Worst "
+             f"image (largest |difference|, {protocols[0]}) in bold.", "",
+             "| image | max abs error | PSNR vs ORT (dB) | "
+             + " | ".join(f"runtime - ORT PSNR ({p})" for p in protocols) + " |",
+             "|" + "---|" * (3 + len(protocols))]
+    for row in data["images"]:
+        conf = row.get("conformance") or {}
+        if not conf:
+            continue
+        name = f"**{row['image']}**" if row["image"] == worst_image else row["image"]
+        against = conf["psnr_vs_ort"]
+        cells = [name, f"{conf['max_abs_error']:.3f}",
+                 "identical" if against is None else f"{against:.2f}"]
+        cells += [f"{conf['psnr_delta'][p]:+.4f}" for p in protocols]
+        lines.append("| " + " | ".join(cells) + " |")
+    if worst:
+        against = worst["psnr_vs_ort"]["value"]
+        lines += ["", f"Worst: max abs error {worst['max_abs_error']['value']:.3f} "
+                      f"({worst['max_abs_error']['image']}); PSNR vs ORT "
+                      f"{'identical' if against is None else f'{against:.2f} dB'} "
+                      f"({worst['psnr_vs_ort']['image']}); "
+                      + "; ".join(f"{key[len('psnr_delta_'):]} {item['value']:+.4f} dB "
+                                  f"({item['image']})" for key, item in worst.items()
+                                  if key.startswith("psnr_delta_"))]
     return lines
 
 

@@ -5,6 +5,15 @@ Every image of the data set is super-resolved at the graph's fixed shape through
 reference and MATLAB bicubic; PSNR/SSIM are computed in the chosen protocol(s). Latency is timed
 at the graph's fixed shape on a random input. FLOPs and params come from the ONNX graph (for an
 engine, the ONNX it was built from).
+
+Runtime conformance: ONNX Runtime defines what a QDQ graph computes. When the candidate runs on
+another runtime (OpenVINO, TensorRT: ORT then runs the engine's ONNX), every image is also run
+through ONNX Runtime on the same graph and the same route, and the row records the largest
+absolute difference of the two outputs (0..255), the PSNR of the runtime's output against ORT's
+(8-bit RGB, whole image; null when identical) and, per protocol, runtime minus ORT PSNR against
+HR. On ONNX Runtime itself this is exact by definition ("reference runtime"). ORT runs QDQ
+graphs as fake-quant (several seconds per 1080p frame on a CPU); ``conformance=False`` skips it,
+and the gate then fails the report.
 """
 
 from __future__ import annotations
@@ -22,15 +31,17 @@ import numpy as np
 from ..artifacts import (check_folder_creatable, check_not_input, command_line, sha256_file,
                          sidecar_path, tool_versions)
 from ..backends import RUNTIMES, Runner, get_runner
+from ..backends.openvino import openvino_isa
 from ..data import get_dataset, imresize, to_uint8
 from ..data.datasets import default_set_name, split_for
 from ..errors import UserError
-from ..metrics import PROTOCOLS, evaluate
+from ..metrics import PROTOCOLS, evaluate, psnr
 from ..onnx_utils import load_model
 from ..graph_analysis import ReceptiveField, receptive_field, sr_graph
 from ..upscaling import upscale
 from ..record import Link, chain_value, lineage, parent_file, read_record
 from ..defaults import progress_off
+from ..cpu import detect_cpu
 
 PROTOCOL_CHOICES = (*PROTOCOLS, "both")
 ENGINE_SUFFIXES = (".plan", ".engine")
@@ -39,6 +50,8 @@ CROP_SIZE = 128  # HR pixels of the worst-crop figure
 _EXTRA_VERSIONS = ("openvino", "tensorrt", "cuda-python", "matplotlib", "opencv-python-headless",
                    "opencv-python", "scikit-image")
 _PRECISIONS = {"onnx-fp32": "fp32", "onnx-int8-qdq": "int8"}
+REFERENCE_RUNTIME = "ort"  # whose results define a QDQ graph's semantics
+CHECKED, REFERENCE, SKIPPED = "checked", "reference runtime", "skipped (--no-conformance)"
 
 
 @dataclass
@@ -55,10 +68,12 @@ class Subject:
     input_range: int
     precision: str
     field: ReceptiveField
+    isa: str | None = None  # OpenVINO capped to this instruction set ($RCAN_DEPLOY_OPENVINO_ISA)
 
     @property
     def label(self) -> str:
-        return f"{self.precision.upper()} ({self.runtime})"
+        isa = f", {self.isa}" if self.isa else ""
+        return f"{self.precision.upper()} ({self.runtime}{isa})"
 
     def describe(self) -> dict:
         record = self.chain[0].record
@@ -67,6 +82,7 @@ class Subject:
                 "precision": self.precision, "label": self.label, "onnx": str(self.onnx_path),
                 "graph_shape": [1, 3, *self.graph_hw], "scale": self.scale,
                 "input_range": self.input_range, "global_pooling": self.field.global_pooling,
+                "openvino_isa": self.isa,
                 "sha256": record.sha256 if record else None}
 
 
@@ -106,6 +122,7 @@ class BenchResult:
     costs: dict
     provenance: dict
     worst: WorstCrop | None = field(default=None, repr=False)
+    conformance: dict = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.images)
@@ -122,14 +139,15 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
           input_range: int | None = None, protocol: str = "standard",
           limit: int | None = None, warmup: int = 1, repeat: int = 3,
           data_root: str | Path | None = None, out: str | Path | None = None,
-          progress: bool | None = None) -> BenchResult:
+          progress: bool | None = None, conformance: bool = True) -> BenchResult:
     """Measure quality and latency of ``engine`` (TensorRT) or ``model`` (ONNX on ``runtime``:
     ort by default, openvino, torch) against ``reference`` (default: the FP32 graph found
     through the sidecars; none for an FP32 candidate). ``dataset`` defaults to div2k_valid when
     present, else the held-out split of samples (``samples`` always means that split here).
     ``out``: also write the report there (:func:`rcan_deploy.benchmark.write_report`). A graph
     without sidecar needs ``input_range`` (and ``scale`` unless its shapes tell); its report
-    records no provenance."""
+    records no provenance. ``conformance``: also run the candidate's graph on ONNX Runtime and
+    compare (see the module docstring)."""
     if (engine is None) == (model is None):
         raise UserError("pass exactly one MODEL: an ONNX graph or a TensorRT engine")
     if protocol not in PROTOCOL_CHOICES:
@@ -153,9 +171,13 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
             check_not_input(Path(out) / name, [candidate.path, ref.path if ref else None])
     protocols = list(PROTOCOLS) if protocol == "both" else [protocol]
     subjects = [s for s in (candidate, ref) if s is not None]
+    status = (REFERENCE if candidate.runtime == REFERENCE_RUNTIME else
+              CHECKED if conformance else SKIPPED)
     with ExitStack() as stack:
         runners = [stack.enter_context(get_runner(s.runtime, s.path)) for s in subjects]
-        rows, worst = _quality(subjects, runners, pairs, protocols, chosen, progress)
+        ort = (stack.enter_context(get_runner(REFERENCE_RUNTIME, candidate.onnx_path))
+               if status == CHECKED else None)
+        rows, worst = _quality(subjects, runners, pairs, protocols, chosen, progress, ort)
         latency = {s.role: _latency(r, s, warmup, repeat) for s, r in zip(subjects, runners)}
     costs = {s.role: _costs(s) for s in subjects}
     artifacts = {str(link.path): link.record.to_json() if link.record else None
@@ -178,8 +200,9 @@ def bench(engine: str | Path | None = None, model: str | Path | None = None,
                                              candidate.chain[0].record.has_provenance else
                                              "none (no sidecar)" if not candidate.chain[0].record
                                              else "none (graph brought without provenance)"),
-                    "artifacts": artifacts, "versions": tool_versions(_EXTRA_VERSIONS)},
-        worst=worst)
+                    "artifacts": artifacts, "versions": tool_versions(_EXTRA_VERSIONS),
+                    "cpu": detect_cpu().to_dict()},
+        worst=worst, conformance=_conformance_summary(status, candidate, rows, protocols))
     if out is not None:
         from .report import write_report
 
@@ -246,7 +269,8 @@ def _subject(role: str, path: str | Path, runtime: str, scale: int | None,
     if runtime == "torch":  # TorchRunner always runs the FP32 network behind the graph
         precision = "fp32"
     return Subject(role, path, runtime, onnx_path, chain, (shape[2], shape[3]), scale,
-                   int(input_range), str(precision), receptive_field(graph.model))
+                   int(input_range), str(precision), receptive_field(graph.model),
+                   openvino_isa() if runtime == "openvino" else None)
 
 
 def _reference(candidate: Subject, reference: str | Path | None
@@ -319,7 +343,8 @@ def _check_sizes(pairs, scale: int) -> None:
 
 
 def _quality(subjects: list[Subject], runners: list[Runner], pairs, protocols: list[str],
-             chosen: str, progress: bool) -> tuple[list[dict], WorstCrop | None]:
+             chosen: str, progress: bool, ort: Runner | None = None
+             ) -> tuple[list[dict], WorstCrop | None]:
     from tqdm import tqdm
 
     has_reference = len(subjects) > 1
@@ -340,6 +365,9 @@ def _quality(subjects: list[Subject], runners: list[Runner], pairs, protocols: l
             outputs[subject.role] = sr * 255.0
             row[subject.role] = {**route, "seconds": time.perf_counter() - start,
                                  **_metrics(outputs[subject.role], hr8, scale, protocols)}
+        if ort is not None:
+            row["conformance"] = _conformance(ort, subjects[0], lr, hr8, outputs["candidate"],
+                                              row["candidate"], protocols)
         outputs["bicubic"] = imresize(lr, scale).astype(np.float32) * 255.0
         row["bicubic"] = _metrics(outputs["bicubic"], hr8, scale, protocols)
         row["delta"] = ({p: {m: row["candidate"][p][m] - row["reference"][p][m] for m in METRICS}
@@ -353,6 +381,45 @@ def _quality(subjects: list[Subject], runners: list[Runner], pairs, protocols: l
 
 def _metrics(sr: np.ndarray, hr8: np.ndarray, scale: int, protocols: list[str]) -> dict:
     return {p: evaluate(sr, hr8, scale, p) for p in protocols}
+
+
+def _conformance(ort: Runner, subject: Subject, lr: np.ndarray, hr8: np.ndarray,
+                 output: np.ndarray, measured: dict, protocols: list[str]) -> dict:
+    """The candidate's output on its runtime against ONNX Runtime's on the same graph."""
+    start = time.perf_counter()
+    sr, _ = upscale(ort, lr, subject.graph_hw, subject.scale, subject.input_range,
+                    field=subject.field)
+    sr = sr * 255.0
+    seconds = time.perf_counter() - start
+    error = float(np.abs(np.clip(output, 0, 255) - np.clip(sr, 0, 255)).max())
+    against = psnr(output, sr, 0, y_channel=False)
+    ort_metrics = _metrics(sr, hr8, subject.scale, protocols)
+    return {"max_abs_error": error, "psnr_vs_ort": against if np.isfinite(against) else None,
+            "ort": ort_metrics, "seconds": seconds,
+            "psnr_delta": {p: measured[p]["psnr"] - ort_metrics[p]["psnr"] for p in protocols}}
+
+
+def _conformance_summary(status: str, candidate: Subject, rows: list[dict],
+                         protocols: list[str]) -> dict:
+    """How the runtime agrees with ONNX Runtime: the status and, when checked, the worst
+    figures over the images (and which image)."""
+    entry = {"status": status, "runtime": candidate.runtime, "openvino_isa": candidate.isa,
+             "reference_runtime": REFERENCE_RUNTIME, "graph": str(candidate.onnx_path)}
+    checked = [row for row in rows if row.get("conformance")]
+    if status != CHECKED or not checked:
+        return entry
+    error = max(checked, key=lambda row: row["conformance"]["max_abs_error"])
+    against = min(checked, key=lambda row: row["conformance"]["psnr_vs_ort"] or float("inf"))
+    entry["worst"] = {
+        "max_abs_error": {"image": error["image"],
+                          "value": error["conformance"]["max_abs_error"]},
+        "psnr_vs_ort": {"image": against["image"],
+                        "value": against["conformance"]["psnr_vs_ort"]}}
+    for protocol in protocols:
+        row = max(checked, key=lambda r: abs(r["conformance"]["psnr_delta"][protocol]))
+        entry["worst"][f"psnr_delta_{protocol}"] = {
+            "image": row["image"], "value": row["conformance"]["psnr_delta"][protocol]}
+    return entry
 
 
 def _worse(worst: WorstCrop | None, row: dict, outputs: dict, hr8: np.ndarray,

@@ -9,7 +9,7 @@ import click
 from .. import defaults
 from ..backends import RUNTIMES
 from ..benchmark import bench, gate
-from ..benchmark.gate import MAX_PSNR_DROP, MAX_SSIM_DROP, TOLERANCE
+from ..benchmark.gate import MAX_PSNR_DROP, MAX_RUNTIME_DEVIATION, MAX_SSIM_DROP, TOLERANCE
 from ..benchmark.report import DEFAULT_OUT
 from ..benchmark.run import ENGINE_SUFFIXES, PROTOCOL_CHOICES
 from ..errors import GateFailure
@@ -49,6 +49,9 @@ from .types import FiniteFloat
               help="Untimed runs before the latency runs.")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed runs at the graph's fixed shape.")
+@click.option("--no-conformance", "conformance", flag_value=False, default=True,
+              help="Do not run the graph on ONNX Runtime beside a runtime under test (saves "
+                   "ORT's fake-quant time); `gate` then fails the report.")
 @click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True,
               help="Report folder (report.json, report.md, PNG figures).")
 def bench_command(model, model_alias, engine_alias, out, input_range, **kwargs) -> None:
@@ -87,7 +90,24 @@ def echo_bench(result, out) -> None:
         click.echo(f"latency {getattr(result, role)['label']} at {shape}: median "
                    f"{timing['median_s'] * 1e3:.1f} ms, p90 {timing['p90_s'] * 1e3:.1f} ms, "
                    f"{timing['fps']:.2f} frames/s, {timing['output_mpix_per_s']:.2f} MP/s out")
+    click.echo(conformance_line(result.conformance))
     click.echo(f"report: {Path(out) / 'report.md'} (and report.json, figures)")
+
+
+def conformance_line(entry: dict) -> str:
+    """One line: how the runtime under test agrees with ONNX Runtime on the same graph."""
+    runtime = entry["runtime"] + (f" ({entry['openvino_isa']})" if entry.get("openvino_isa")
+                                  else "")
+    worst = entry.get("worst")
+    if worst is None:
+        return f"conformance {runtime} vs ONNX Runtime: {entry['status']}"
+    against = worst["psnr_vs_ort"]["value"]
+    deltas = [f"{key[len('psnr_delta_'):]} {item['value']:+.4f} dB ({item['image']})"
+              for key, item in worst.items() if key.startswith("psnr_delta_")]
+    return (f"conformance {runtime} vs ONNX Runtime, worst image: max abs error "
+            f"{worst['max_abs_error']['value']:.2f}/255, PSNR vs ORT "
+            f"{'identical' if against is None else f'{against:.2f} dB'}; PSNR vs HR runtime - "
+            f"ORT: {', '.join(deltas)}")
 
 
 def _cell(entry: dict, who: str, metric: str, width: int, sign: str) -> str:
@@ -106,9 +126,14 @@ def _cell(entry: dict, who: str, metric: str, width: int, sign: str) -> str:
               metavar="DB", help="Largest allowed mean PSNR drop of the candidate vs reference.")
 @click.option("--max-ssim-drop", type=FiniteFloat(0.0), default=MAX_SSIM_DROP, show_default=True,
               metavar="X", help="Largest allowed mean SSIM drop of the candidate vs reference.")
-def gate_command(report, baseline, max_psnr_drop, max_ssim_drop) -> None:
+@click.option("--max-runtime-deviation", type=FiniteFloat(0.0), default=MAX_RUNTIME_DEVIATION,
+              show_default=True, metavar="DB",
+              help="Largest allowed |PSNR(runtime) - PSNR(ONNX Runtime)| on any image (same "
+                   "graph, against HR).")
+def gate_command(report, baseline, max_psnr_drop, max_ssim_drop, max_runtime_deviation) -> None:
     """CI accuracy gate on a bench report: exit 0 pass, 1 fail, 2 unusable input."""
-    result = gate(report, baseline, max_psnr_drop=max_psnr_drop, max_ssim_drop=max_ssim_drop)
+    result = gate(report, baseline, max_psnr_drop=max_psnr_drop, max_ssim_drop=max_ssim_drop,
+                  max_runtime_deviation=max_runtime_deviation)
     click.echo(result.table())
     if not result:
         raise GateFailure(result.summary())

@@ -19,7 +19,8 @@ from ..data.fetch import LR_SCALES
 from ..errors import GateFailure
 from ..passes.pixel_shuffle import FORMS, PIXEL_SHUFFLE_CHOICES
 from ..passes.rewrite import RewriteOptions
-from ..quant.ptq import HIGH_PRECISIONS, METHODS, TARGETS, QuantizeOptions
+from ..quant.ptq import HIGH_PRECISIONS, METHODS, TARGET_ALIASES, TARGETS, QuantizeOptions
+from ..quant.weight_bits import WEIGHT_BITS
 from ..demo_pipeline import RUNTIME as DEMO_RUNTIME
 from ..record import INPUT_RANGES
 from ..training import SCHEDULES, TrainJob, TrainOptions
@@ -288,12 +289,17 @@ def variants() -> None:
 @click.option("--high-precision", type=click.Choice(HIGH_PRECISIONS),
               default=default(QuantizeOptions, "high_precision"), show_default=True,
               help="Precision of the layers left unquantized (tensorrt target).")
-@click.option("--target", type=click.Choice(TARGETS), default=default(QuantizeOptions, "target"),
-              show_default=True,
+@click.option("--target", type=click.Choice([*TARGETS, *TARGET_ALIASES]),
+              default=default(QuantizeOptions, "target"), show_default=True,
               help="Where the graph will run. openvino (CPU, int8 kernels) and tensorrt: modelopt, "
-                   "symmetric int8; cpu: ONNX Runtime QDQ with uint8 activations (ONNX Runtime's "
-                   "CPU provider). Whole-image figures are measured on OpenVINO for openvino, "
-                   "else on ONNX Runtime.")
+                   "symmetric int8; ort (alias cpu): ONNX Runtime QDQ with uint8 activations "
+                   "(ONNX Runtime's CPU provider). Whole-image figures are measured on OpenVINO "
+                   "for openvino, else on ONNX Runtime.")
+@click.option("--weight-bits", type=click.Choice(WEIGHT_BITS),
+              default=default(QuantizeOptions, "weight_bits"), show_default=True,
+              help="auto: 7-bit weights for a CPU target (openvino, ort) when this CPU lacks "
+                   "VNNI and AMX (its int8 convolutions saturate 16-bit sums), else 8; 8 or 7 "
+                   "force it (e.g. for another CPU).")
 @click.option("--mixed-precision/--no-mixed-precision", default=True, show_default=True,
               help="Choose per-layer precision (int8, int8x2, float) on whole images of the "
                    "selection split until --max-drop/--max-worst-drop hold.")
@@ -328,6 +334,8 @@ def echo_quantize(record: dict, out) -> None:
     click.echo(f"calibrated on {calibration['crops']} crops of {calibration['crop_size']}px from "
                f"{calibration['set']['name']} ({calibration['set']['count']} images), method "
                f"{q['method']}, target {q['target']}")
+    weights = q["weights"]
+    click.echo(f"weights: {weights['bits']}-bit ({weights['how']}); {weights['why']}")
     plan = q.get("plan_summary") or {}
     click.echo(f"precision: {len(q['quantized_layers'])} quantized layers; "
                + ", ".join(f"{count} {name}" for name, count in plan.items() if count)

@@ -48,7 +48,7 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
                               progress=progress)
     quantized, q_record = quantize_model(model, crops.array * value_range, options)
     plan: dict[str, str] = {}
-    if options.target != "cpu":
+    if options.target != "ort":
         quantized, q_record["float_stream_inputs"] = precision.float_stream(quantized)
         macs = precision.layer_macs(quantized)
         plan = {layer: "int8x2" for layer in precision.small_layers(macs, SMALL_LAYER_SHARE)
@@ -59,7 +59,7 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
     budget = selection_module.Budget(options.max_drop, options.max_worst_drop,
                                      options.min_int8_share)
     search = None
-    if options.mixed_precision and options.target != "cpu":
+    if options.mixed_precision and options.target != "ort":
         plan, search = selection_module.search_precision(quantized, judge, budget, plan,
                                                          progress)
     final = precision.apply_plan(quantized, plan) if plan else quantized
@@ -98,7 +98,7 @@ def selection_runtime(target: str) -> tuple[str, str | None]:
     """The runtime that measures a graph for ``target``, and a warning when it is a stand-in."""
     if target == "openvino":
         return "openvino", None
-    if target == "cpu":
+    if target == "ort":
         return "ort", None
     return "ort", ("not measured on the target runtime: full-frame figures from ONNX Runtime (the "
                    "QDQ semantics TensorRT follows); bench the engine (rcan-deploy build, then "

@@ -16,10 +16,13 @@ Targets:
   symmetric int8 activations and per-channel int8 weights (zero points 0); ``max`` and
   ``entropy`` calibration are modelopt's own, ``percentile`` keeps modelopt's placement and
   replaces the activation ranges with percentile ones. OpenVINO runs this graph with int8
-  kernels on CPUs; :mod:`rcan_deploy.quant.pipeline` then keeps the residual stream in float and
-  chooses per-layer precision on the target's runtime.
-- ``cpu``: ONNX Runtime ``quantize_static`` QDQ with uint8 asymmetric activations and int8
-  per-channel weights, the form ONNX Runtime's CPU provider fuses into QLinearConv.
+  kernels on CPUs, where ``weight_bits`` "auto" gives 7-bit weights if this CPU's int8
+  convolutions saturate (:mod:`rcan_deploy.quant.weight_bits`); :mod:`rcan_deploy.quant.pipeline`
+  then keeps the residual stream in float and chooses per-layer precision on the target's
+  runtime.
+- ``ort`` (alias ``cpu``): ONNX Runtime ``quantize_static`` QDQ with uint8 asymmetric
+  activations and int8 per-channel weights, the form ONNX Runtime's CPU provider fuses into
+  QLinearConv; ``weight_bits`` as for ``openvino``.
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ from ..errors import UserError
 from ..record import INPUT_RANGES
 from ..onnx_utils import input_shape, ort_session, run
 from .graph import activation_scales, dynamic_copy, fix_spatial_shape, quantized_layers
+from .weight_bits import (ORT_REDUCED_MAX, REDUCED_MAX, WEIGHT_BITS, choose_weight_bits,
+                          max_weight_integer, reduce_weight_range)
 
 METHODS = ("max", "entropy", "percentile")
-TARGETS = ("openvino", "tensorrt", "cpu")
+TARGETS = ("openvino", "tensorrt", "ort")
+TARGET_ALIASES = {"cpu": "ort"}
 HIGH_PRECISIONS = ("fp32", "fp16")
 PERCENTILE = 99.999
 
@@ -77,11 +83,18 @@ class QuantizeOptions:
     min_int8_share: float = 0.8  # of the executed conv MACs
     selection_images: int | None = None  # None: the whole selection split
     input_range: int | None = None  # of a graph without sidecar
+    weight_bits: str = "auto"  # "auto" | "8" | "7" (see rcan_deploy.quant.weight_bits)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", TARGET_ALIASES.get(self.target, self.target))
+        if isinstance(self.weight_bits, int) and not isinstance(self.weight_bits, bool):
+            object.__setattr__(self, "weight_bits", str(self.weight_bits))
 
     def check(self) -> None:
         for flag, value, choices in (("--method", self.method, METHODS),
                                      ("--target", self.target, TARGETS),
-                                     ("--high-precision", self.high_precision, HIGH_PRECISIONS)):
+                                     ("--high-precision", self.high_precision, HIGH_PRECISIONS),
+                                     ("--weight-bits", self.weight_bits, WEIGHT_BITS)):
             if value not in choices:
                 raise UserError(f"{flag} {value!r}: expected one of {', '.join(choices)}")
         for flag, value, low in (("--calib-crops", self.calib_crops, 1),
@@ -194,7 +207,8 @@ def _work_folder():
 
 
 def _ort_static(dynamic_path: str, out_path: str, crops: np.ndarray, method: str,
-                symmetric: bool, exclude: list[str], input_name: str) -> None:
+                symmetric: bool, exclude: list[str], input_name: str,
+                reduce_range: bool = False) -> None:
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -205,7 +219,7 @@ def _ort_static(dynamic_path: str, out_path: str, crops: np.ndarray, method: str
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=calibrate,
-                        nodes_to_exclude=list(exclude),
+                        nodes_to_exclude=list(exclude), reduce_range=reduce_range,
                         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
                                        "CalibPercentile": PERCENTILE})
 
@@ -249,6 +263,8 @@ def quantize_model(model: onnx.ModelProto, crops: np.ndarray,
         raise UserError(f"quantize needs a fixed-shape graph, the input is {shape}")
     input_name = model.graph.input[0].name
     exclude = excluded_nodes(model, options)
+    weights = choose_weight_bits(options.weight_bits, options.target)
+    reduced = weights["bits"] == 7
     dynamic = dynamic_copy(model)
     try:
         run(dynamic, crops[:1])
@@ -260,20 +276,28 @@ def quantize_model(model: onnx.ModelProto, crops: np.ndarray,
     with _work_folder() as tmp:
         dynamic_path, out_path = os.path.join(tmp, "dynamic.onnx"), os.path.join(tmp, "q.onnx")
         onnx.save(dynamic, dynamic_path)
-        if options.target == "cpu":
-            _ort_static(dynamic_path, out_path, crops, options.method, False, exclude, input_name)
+        if options.target == "ort":
+            _ort_static(dynamic_path, out_path, crops, options.method, False, exclude, input_name,
+                        reduce_range=reduced)
         else:
             method = "max" if options.method == "percentile" else options.method
             _modelopt(dynamic_path, out_path, crops, method, options.high_precision, exclude)
         quantized = onnx.load(out_path)
-        if options.method == "percentile" and options.target != "cpu":
+        if options.method == "percentile" and options.target != "ort":
             _replace_activation_scales(quantized, _percentile_scales(
                 dynamic, list(activation_scales(quantized)), crops))
+        if reduced and options.target != "ort":
+            reduce_weight_range(quantized, REDUCED_MAX)
     fixed = fix_spatial_shape(quantized, shape[2], shape[3])
     layers = quantized_layers(fixed)
     if not layers:
         raise UserError("no layer was quantized (everything excluded?)")
+    weights["how"] = ("8-bit symmetric per channel" if not reduced else
+                      f"onnxruntime reduce_range (|q| <= {ORT_REDUCED_MAX})"
+                      if options.target == "ort" else f"scale max|w|/{REDUCED_MAX} per channel")
+    weights["max_abs_integer"] = max_weight_integer(fixed)
     record = {"method": options.method, "target": options.target,
               "high_precision": options.high_precision, "excluded_nodes": exclude,
-              "quantized_layers": layers, "calibration_crop_shape": list(crops.shape)}
+              "quantized_layers": layers, "calibration_crop_shape": list(crops.shape),
+              "weights": weights}
     return fixed, record

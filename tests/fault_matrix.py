@@ -60,7 +60,7 @@ def build_fixtures(folder: Path) -> None:
     rcan_deploy.export(fp32, source="official", variant="rcan2-sr4k", random_weights=True,
                        shape=(32, 48))
     rcan_deploy.quantize(fp32, int8, dataset="samples", calib_crops=4, crop_size=32,
-                         heldout_crops=2, progress=False)
+                         selection_images=1, mixed_precision=False, progress=False)
     state = build_model("official", variant_config("rcan2-sr4k")).state_dict()
     torch.save(state, folder / "w.pt")
     torch.save({k: (v.to(torch.int64) if k == "head.0.weight" else v) for k, v in state.items()},

@@ -18,7 +18,7 @@ if "bench" not in cli.commands:
     cli.add_command(gate_command)
 
 FAST = dict(limit=2, warmup=0, repeat=1, progress=False)
-QUANT = dict(dataset="samples", calib_crops=8, crop_size=48, heldout_crops=4, progress=False)
+QUANT = dict(dataset="samples", calib_crops=8, crop_size=48, selection_images=1, mixed_precision=False, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -206,7 +206,7 @@ def small_graph(tmp_path_factory):
     return path
 
 
-FAST = dict(dataset="samples", calib_crops=8, crop_size=48, heldout_crops=4, progress=False)
+FAST = dict(dataset="samples", calib_crops=8, crop_size=48, selection_images=1, mixed_precision=False, progress=False)
 
 
 def test_quantize_records_the_weight_bits(small_graph, tmp_path, capsys):

@@ -213,7 +213,7 @@ def test_cli_fetch_and_default_set_order(server, use_tiny, tmp_path, capsys):
                  server["url"] + "debian"])
     assert code == 0 and f"photos ready under {data_root / 'photos'}" in capsys.readouterr().out
     assert default_set_name(2, data_root, order=order) == "photos"
-    assert default_set_name(2, data_root) == "samples"  # the project default is unchanged
+    assert default_set_name(2, data_root) == "photos"  # after DIV2K, before samples
 
 
 def test_corrupted_package_is_refused_and_only_it_is_fetched_again(server, tiny, tmp_path):

@@ -1,4 +1,5 @@
-"""INT8 PTQ: QDQ structure at the fixed shape, determinism, data errors, sensitivity/fallback."""
+"""INT8 PTQ: QDQ structure at the fixed shape, determinism, data errors, float residual stream,
+int8x2 layers and the per-layer precision search."""
 
 import json
 import re
@@ -14,9 +15,11 @@ from rcan_deploy.cli import main
 from rcan_deploy.data.datasets import samples_folder
 from rcan_deploy.errors import UserError
 from rcan_deploy.quant.graph import activation_scales, dynamic_copy, quantized_layers
-from rcan_deploy.quant.sensitivity import EvalCrops, fallback
+from rcan_deploy.quant.precision import apply_plan, float_stream, int8_macs, split_input
+from rcan_deploy.quant.selection import Budget, search_precision
 
-FAST = dict(calib_crops=8, crop_size=48, heldout_crops=4, progress=False)
+FAST = dict(calib_crops=8, crop_size=48, selection_images=1, mixed_precision=False,
+            progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,8 @@ def test_qdq_graph_keeps_names_shapes_and_records_calibration(small_graph, tmp_p
     assert out_dims == [1, 3, 128, 192]
     assert _ops(model).count("QuantizeLinear") > 10 and "DequantizeLinear" in _ops(model)
     fp32_convs = _ops(onnx.load(small_graph)).count("Conv")
-    assert _ops(model).count("Conv") == fp32_convs
+    split = list(record["quantization"]["plan"].values()).count("int8x2")
+    assert split and _ops(model).count("Conv") == fp32_convs + split  # small layers start int8x2
     zero_points = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer
                    if t.name.endswith("zero_point")]
     assert zero_points and all(not zp.any() for zp in zero_points)  # symmetric: TensorRT rules
@@ -54,7 +58,14 @@ def test_qdq_graph_keeps_names_shapes_and_records_calibration(small_graph, tmp_p
     assert side["quantization"]["method"] == "max" and side["input_range"] == 255
     assert side["scales"]["activation_summary"]["count"] == len(activation_scales(model))
     assert side["parent"]["path"] == str(small_graph)
-    assert abs(side["heldout"]["drop"]) < 1.0 and side["global_pooling"] is False
+    heldout = side["heldout"]
+    assert heldout["set"]["split"] == "heldout" and len(heldout["images"]) == 1
+    assert heldout["runtime"] == "openvino" and heldout["measured_on_target"]
+    assert heldout["mean_drop"] == pytest.approx(np.mean(list(heldout["images"].values())))
+    assert heldout["reference_runtime"]["runtime"] == "ort"
+    assert abs(heldout["reference_runtime"]["max_deviation_db"]) < 0.05
+    assert side["global_pooling"] is False and 0 < side["quantization"]["int8_macs_share"] <= 1
+    assert side["latency"]["int8_median_s"] > 0 and side["latency"]["runtime"] == "openvino"
 
 
 @pytest.mark.slow
@@ -78,38 +89,141 @@ def test_exclude_and_cpu_target(small_graph, tmp_path):
     assert activation_zero_points  # uint8 asymmetric activations for ONNX Runtime CPU
 
 
-def test_sensitivity_table_and_fallback(small_graph, tmp_path):
-    record = api.quantize(small_graph, tmp_path / "s.onnx", dataset="samples", sensitivity=True,
-                          **FAST)
-    table = record["sensitivity"]
-    assert {row["layer"] for row in table["layers"]} == set(record["quantization"]["quantized_layers"])
-    drops = [row["psnr_drop_attributed"] for row in table["layers"]]
-    assert drops == sorted(drops, reverse=True)
-    assert table["drop"] == pytest.approx(table["fp32_psnr"] - table["int8_psnr"])
+@pytest.fixture(scope="module")
+def ptq(small_graph):
+    """The small graph after PTQ alone: modelopt's placement, no precision plan."""
+    from rcan_deploy.data import get_dataset
+    from rcan_deploy.data.crops import calibration_crops
+    from rcan_deploy.quant.ptq import QuantizeOptions, quantize_model
 
-    qdq = onnx.load(tmp_path / "s.onnx")
-    crops = EvalCrops(np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32),
-                      np.zeros((2, 32, 32, 3), np.uint8), 2)
-    forced = {**table, "drop": 5.0}  # pretend the budget is exceeded: the first layer goes float
-    result = fallback(qdq, forced, crops, 255, max_drop=100.0)
-    assert result["kept_float"] == [] and result["met"]
-    result = fallback(qdq, {**forced, "fp32_psnr": 1e9}, crops, 255, max_drop=1.0)
-    assert result["kept_float"] == [row["layer"] for row in table["layers"]]
-    assert not result["met"] and len(result["steps"]) == len(table["layers"])
+    crops = calibration_crops(get_dataset("samples", 2, split="train"), 8, 48, 0).array * 255
+    return quantize_model(onnx.load(small_graph), crops, QuantizeOptions(weight_bits="8"))[0]
 
 
-def test_max_drop_requantizes_without_kept_layers(small_graph, tmp_path, monkeypatch):
-    from rcan_deploy.quant import sensitivity
+def _error(model, fp32, x):
+    from rcan_deploy.onnx_utils import run
 
-    def fake_fallback(qdq, table, crops, value_range, max_drop):
-        return {"max_drop": max_drop, "kept_float": [table["layers"][0]["layer"]], "steps": [],
-                "met": True}
+    return float(np.abs(run(model, x)[0] - run(fp32, x)[0]).mean())
 
-    monkeypatch.setattr(sensitivity, "fallback", fake_fallback)
-    record = api.quantize(small_graph, tmp_path / "f.onnx", dataset="samples", max_drop=0.01, **FAST)
-    kept = record["sensitivity"]["fallback"]["kept_float"]
-    assert kept and kept[0] in record["quantization"]["excluded_nodes"]
-    assert kept[0] not in quantized_layers(onnx.load(tmp_path / "f.onnx"))
+
+def test_float_stream_gives_residual_adds_the_float_tensor(small_graph, ptq):
+    fp32, placed = onnx.load(small_graph), ptq
+    producers = {o: n for n in placed.graph.node for o in n.output}
+    stream_dq = [n for n in placed.graph.node if n.op_type == "Add"
+                 and any(producers.get(i) is not None and producers[i].op_type ==
+                         "DequantizeLinear" for i in n.input)]
+    assert stream_dq  # modelopt quantizes the residual stream the Adds carry
+    floated, count = float_stream(placed)
+    producers = {o: n for n in floated.graph.node for o in n.output}
+    assert count >= len(stream_dq)
+    assert not [n for n in floated.graph.node if n.op_type == "Add" and any(
+        producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+        for i in n.input)]
+    assert quantized_layers(floated) == quantized_layers(placed)  # every conv stays INT8
+    x = np.random.default_rng(0).random((1, 3, 64, 96)).astype(np.float32) * 255
+    assert _error(floated, fp32, x) < _error(placed, fp32, x)
+
+
+def test_int8x2_layers_stay_int8_and_come_close_to_float(ptq, small_graph):
+    fp32 = onnx.load(small_graph)
+    streamed, _ = float_stream(ptq)
+    layers = quantized_layers(streamed)
+    split = split_input(streamed, layers)
+    floated = apply_plan(streamed, dict.fromkeys(layers, "float"))
+    before, after = int8_macs(streamed), int8_macs(split)
+    assert after["int8"] == 2 * before["int8"]  # both halves of a split layer run in INT8
+    assert after["total"] - after["int8"] == before["total"] - before["int8"]
+    assert int8_macs(floated)["int8_share"] == 0.0
+    convs = [n.op_type for n in streamed.graph.node].count("Conv")
+    assert [n.op_type for n in split.graph.node].count("Conv") == convs + len(layers)
+    x = np.random.default_rng(1).random((1, 3, 64, 96)).astype(np.float32) * 255
+    # the split input keeps ~15 bits: only the 8-bit weights are left between it and float
+    assert _error(split, fp32, x) < 0.5 * _error(streamed, fp32, x)
+    with pytest.raises(UserError, match="precision"):
+        apply_plan(streamed, {layers[0]: "int4"})
+
+
+class FakeJudge:
+    """Drops from a noise model: each int8 layer adds its noise to every image, int8x2 a tenth,
+    float none (what FrameJudge measures on a runtime, without running one)."""
+
+    def __init__(self, noise: dict[str, float], images=("a", "b", "c")):
+        from rcan_deploy.quant.selection import FrameImages
+
+        self.noise, self.runtime, self.counter = noise, "fake", [0]
+        self.images = FrameImages(list(images), [None] * len(images), [None] * len(images), 2,
+                                  {"name": "fake", "count": len(images)})
+        self.fp32_psnr = dict.fromkeys(images, 40.0)
+        self.plan: dict[str, str] = {}
+
+    @property
+    def evaluations(self):
+        return self.counter[0]
+
+    def subset(self, names):
+        judge = FakeJudge(self.noise, names)
+        judge.counter = self.counter
+        return judge
+
+    def drops(self, model):
+        from rcan_deploy.quant.selection import predicted_drops
+
+        self.counter[0] += 1
+        plan = json.loads(model.doc_string or "{}")
+        added = sum(v * {"int8": 1.0, "int8x2": 0.1, "float": 0.0}[plan.get(k, "int8")]
+                    for k, v in self.noise.items())
+        weight = {"a": 1, "b": 2, "c": 3}  # images differ in how much the noise costs them
+        return predicted_drops({n: added * weight[n] for n in self.images.names},
+                               self.fp32_psnr)
+
+
+def test_precision_search_moves_the_layers_that_matter(ptq, monkeypatch):
+    from rcan_deploy.quant import selection
+
+    streamed, _ = float_stream(ptq)
+    layers = quantized_layers(streamed)
+    macs = int8_macs(streamed)["layers"]
+
+    def fake_apply(model, plan):
+        tagged = onnx.ModelProto()
+        tagged.CopyFrom(model)
+        tagged.doc_string = json.dumps(plan)
+        return tagged
+
+    monkeypatch.setattr(selection, "apply_plan", fake_apply)
+    # the largest layer is the noisiest but also the dearest; the two next ones together are
+    # noisier per MAC
+    big, *rest = sorted(layers, key=macs.get, reverse=True)
+    noise = {name: 0.0 for name in layers}
+    noise[big] = 0.12
+    noise[rest[0]], noise[rest[1]] = 0.09, 0.09
+    judge = FakeJudge(noise)
+    budget = Budget(mean=0.05, worst=0.1, min_int8_share=0.0)
+    start = judge.drops(fake_apply(streamed, {}))
+    assert budget.excess(start) > 1
+    plan, record = search_precision(streamed, judge, budget, {}, progress=False, probe_images=2)
+    assert record["evaluations"] == judge.evaluations
+    assert record["met"] and budget.excess(judge.drops(fake_apply(streamed, plan))) <= 1
+    moved = {name for name, move in plan.items() if move != "int8"}
+    assert moved == {big, *rest[:2]}  # all three noisy layers, and no layer that adds none
+    assert set(plan.values()) == {"int8x2"}  # int8x2 removes enough here; float costs more
+    assert record["steps"][-1]["measured"]
+    # a floor on the INT8 share forbids float moves that would break it
+    plan, record = search_precision(streamed, FakeJudge(noise), Budget(1e-6, 1e-6, 1.0), {},
+                                    progress=False, probe_images=2)
+    assert "float" not in plan.values() and not record["met"]
+
+
+def test_quantize_with_precision_search_records_it(small_graph, tmp_path):
+    record = api.quantize(small_graph, tmp_path / "m.onnx", dataset="samples",
+                          **{**FAST, "mixed_precision": True, "max_drop": 0.001,
+                             "max_worst_drop": 0.002, "min_int8_share": 0.5})
+    search = record["mixed_precision"]
+    assert search["runtime"] == "openvino" and search["steps"][0]["measured"]
+    assert record["quantization"]["int8_macs_share"] >= 0.5
+    assert set(record["quantization"]["plan"]).issubset(record["quantization"]["quantized_layers"])
+    measured = [step for step in search["steps"] if step["measured"]]
+    assert measured[-1]["mean_drop"] == pytest.approx(record["heldout"]["mean_drop"], abs=1e-6)
 
 
 def test_div2k_missing_is_one_line_error_naming_the_path(small_graph, tmp_path, capsys):
@@ -155,7 +269,7 @@ def test_end_to_end_1080p_sr4k(tmp_path):
     """The issue's target: the exported SR4K RCAN graph at 1x3x1080x1920 quantizes on crops."""
     fp32 = tmp_path / "rcan.onnx"
     rcan_deploy.export(fp32, source="official", variant="rcan-sr4k", random_weights=True)
-    record = api.quantize(fp32, tmp_path / "rcan_int8.onnx", dataset="samples", heldout_crops=4,
+    record = api.quantize(fp32, tmp_path / "rcan_int8.onnx", dataset="samples", selection_images=1, mixed_precision=False,
                           progress=False)
     assert record["input_shape"] == [1, 3, 1080, 1920]
     assert record["calibration"]["crops"] == 64 and record["calibration"]["crop_size"] == 128
@@ -203,7 +317,7 @@ def test_kept_float_names_are_exact_not_prefixes():
         [weight("w1", (16, 3, 3, 3)), weight("w2", (16, 16, 3, 3)), weight("w3", (3, 16, 3, 3))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     crops = rng.uniform(0, 1, (4, 3, 16, 16)).astype(np.float32)
-    _, record = quantize_model(model, crops, QuantizeOptions(keep_float=("/a/Conv",)))
+    _, record = quantize_model(model, crops, QuantizeOptions(exclude=("^/a/Conv$",)))
     assert record["excluded_nodes"] == ["/a/Conv"]
     assert record["quantized_layers"] == ["/a/Conv_1", "/b/Conv"]
     patterns = exact_name_patterns(["/a/Conv", "x+(y)"])

@@ -30,7 +30,7 @@ def graphs(tmp_path_factory):
     rcan_deploy.export(fp32, source="official", variant="rcan2-sr4k", random_weights=True,
                        shape=(32, 48))
     rcan_deploy.quantize(fp32, int8, dataset="samples", calib_crops=4, crop_size=32,
-                         heldout_crops=2, progress=False)
+                         selection_images=1, mixed_precision=False, progress=False)
     cv2.imwrite(str(folder / "a.png"), np.random.default_rng(0).integers(
         0, 256, (40, 56, 3), dtype=np.uint8))
     return folder
@@ -147,7 +147,7 @@ def test_r6_killed_writers_and_workers_leave_nothing(work):
     folder = Path(tempfile.gettempdir()) / f"rcan-deploy-quantize-{dead}-x"
     folder.mkdir()
     rcan_deploy.quantize("rcan.onnx", "q.onnx", dataset="samples", calib_crops=2, crop_size=32,
-                         heldout_crops=2, progress=False)
+                         selection_images=1, mixed_precision=False, progress=False)
     assert not stale.exists() and not folder.exists()
     from rcan_deploy.quant import ptq
 
@@ -246,7 +246,7 @@ def test_r10_opset9_graph_quantizes_for_the_cpu_target(work):
                        [helper.make_tensor("w", TensorProto.FLOAT, [3, 3, 1, 1], eye),
                         helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 2, 2])], opset=9)
     record = rcan_deploy.quantize(path, "q.onnx", dataset="samples", calib_crops=2, crop_size=16,
-                                  heldout_crops=2, target="cpu", input_range=1, progress=False)
+                                  selection_images=1, mixed_precision=False, target="cpu", input_range=1, progress=False)
     assert record["scale"] == 2 and record["parent"]["kind"] == "onnx-fp32"
 
 

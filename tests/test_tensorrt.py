@@ -200,7 +200,7 @@ def test_cpu_target_qdq_graph_is_refused_before_tensorrt(tiny, tmp_path):
     cpu, trt = tmp_path / "cpu.onnx", tmp_path / "trt.onnx"
     for out, target in ((cpu, "cpu"), (trt, "tensorrt")):
         rcan_deploy.quantize(path, out, dataset="samples", calib_crops=2, crop_size=32,
-                             heldout_crops=1, target=target, progress=False)
+                             selection_images=1, mixed_precision=False, target=target, progress=False)
     for precision in ("int8", "best"):
         with pytest.raises(UserError, match="uint8 or non-zero zero points.*--target cpu.*"
                                             "quantize with --target tensorrt") as info:

@@ -36,7 +36,7 @@ def graphs(tmp_path_factory):
                        random_weights=True, shape=(32, 48))
     for name, target in (("int8", "tensorrt"), ("cpu_int8", "cpu")):
         rcan_deploy.quantize(paths["fp32"], paths[name], dataset="samples", calib_crops=4,
-                             crop_size=32, heldout_crops=2, target=target, progress=False)
+                             crop_size=32, selection_images=1, mixed_precision=False, target=target, progress=False)
     model = onnx.load(str(paths["fp32"]))
     node = next(n for n in model.graph.node if n.op_type == "Relu")
     node.op_type, node.domain = "NotAnOp", "example.custom"

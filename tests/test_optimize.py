@@ -301,3 +301,23 @@ def test_pixel_shuffle_forms_apply_after_fusion(tmp_path):
     shuffle = max((layer for layer in layers if layer["op"] == "ConvTranspose"),
                   key=lambda layer: layer["macs"])
     assert shuffle["input_shape"][1] == 3 * 16 and record["graph"]["max_rank"] == 4
+
+
+def test_optimize_refuses_bad_input_in_one_line(tmp_path, capsys):
+    graph = tmp_path / "g.onnx"
+    onnx.save(_export(Tail(8, (2,))), str(graph))
+    before = graph.read_bytes()
+    cases = [(["optimize", str(graph), "--out", str(graph)], "input"),
+             (["optimize", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "o.onnx")],
+              "missing.onnx"),
+             (["optimize", str(graph), "--out", str(tmp_path / "no" / "dir" / "o.onnx")], "no")]
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    cases.append((["optimize", str(empty), "--out", str(tmp_path / "o.onnx")], "empty.onnx"))
+    for args, fragment in cases:
+        code = main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and fragment in err[0], (args, err)
+        assert "Traceback" not in err[0]
+    assert graph.read_bytes() == before and not (tmp_path / "o.onnx").exists()
+    assert not list(tmp_path.glob(".*tmp*"))

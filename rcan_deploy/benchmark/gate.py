@@ -5,6 +5,8 @@ Checks, for every protocol in the report:
 - PSNR drop = reference mean PSNR - candidate mean PSNR <= ``max_psnr_drop``. Default 0.1 dB:
   a good INT8 PTQ of these small CNNs with per-channel weights stays within about 0.1 dB of FP32
   (DESIGN.md section 6); VastModelZOO's max-calibrated INT8 rows lose 0.16 and 0.57 dB and fail.
+- Worst image: the largest per-image PSNR drop <= ``max_worst_psnr_drop`` (default 0.3 dB): a
+  mean can hide one dark or smooth photograph that INT8 ruins.
 - SSIM drop, likewise, <= ``max_ssim_drop``. Default 0.005: on the shipped SR4K model a PSNR
   drop of about 0.05 dB came with SSIM drops of 0.002 (standard, Y) to 0.004 (vacc, RGB), so
   0.005 matches the 0.1 dB PSNR budget; VastModelZOO's INT8 rows lose 0.010-0.011 and fail.
@@ -32,6 +34,7 @@ from pathlib import Path
 from ..errors import UserError
 
 MAX_PSNR_DROP = 0.1
+MAX_WORST_PSNR_DROP = 0.3
 MAX_SSIM_DROP = 0.005
 TOLERANCE = 0.05
 MAX_RUNTIME_DEVIATION = 0.02
@@ -75,11 +78,12 @@ class GateResult:
 def gate(report_json: str | Path, baseline: str | Path | None = None,
          max_psnr_drop: float = MAX_PSNR_DROP, max_ssim_drop: float = MAX_SSIM_DROP,
          tolerance: float = TOLERANCE,
-         max_runtime_deviation: float = MAX_RUNTIME_DEVIATION) -> GateResult:
+         max_runtime_deviation: float = MAX_RUNTIME_DEVIATION,
+         max_worst_psnr_drop: float = MAX_WORST_PSNR_DROP) -> GateResult:
     """Check a bench report against the drop budgets (and a baseline report); see the module
     docstring. Unusable input (missing file, not JSON, no reference) is a UserError."""
     for flag, value in (("--max-psnr-drop", max_psnr_drop), ("--max-ssim-drop", max_ssim_drop),
-                        ("tolerance", tolerance),
+                        ("--max-worst-psnr-drop", max_worst_psnr_drop), ("tolerance", tolerance),
                         ("--max-runtime-deviation", max_runtime_deviation)):
         if not value >= 0:
             raise UserError(f"{flag} {value}: expected a non-negative number")
@@ -93,6 +97,7 @@ def gate(report_json: str | Path, baseline: str | Path | None = None,
             drop = (_mean(entry, "reference", metric, protocol, report_json)
                     - _mean(entry, "candidate", metric, protocol, report_json))
             rows.append(_row(f"{metric.upper()} drop vs reference ({protocol})", drop, limit))
+        rows += _worst_image_row(report, protocol, max_worst_psnr_drop, report_json)
     if len(rows) == 1:
         rows.append({"metric": "metrics checked", "value": 0.0, "limit": ">= 1", "ok": False})
     rows += _conformance_rows(report, report_json, max_runtime_deviation)
@@ -125,6 +130,21 @@ def _mean(entry, who: str, metric: str, protocol: str, where) -> float:
 def _row(metric: str, value: float, limit: float) -> dict:
     return {"metric": metric, "value": float(value), "limit": limit,
             "ok": bool(not math.isnan(value) and value <= limit)}
+
+
+def _worst_image_row(report: dict, protocol: str, limit: float, where) -> list[dict]:
+    """The largest per-image PSNR drop against the reference (no row without image rows)."""
+    drops = {}
+    for image in report.get("images") or []:
+        delta = ((image.get("delta") or {}).get(protocol) or {}).get("psnr")
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)):
+            raise UserError(f"{where}: image {image.get('image')!r} has no PSNR delta for "
+                            f"{protocol} (a malformed report)")
+        drops[image["image"]] = -float(delta)
+    if not drops:
+        return []
+    worst = max(drops, key=drops.get)
+    return [_row(f"PSNR drop, worst image {worst[:24]} ({protocol})", drops[worst], limit)]
 
 
 def _conformance_rows(report: dict, where, limit: float) -> list[dict]:

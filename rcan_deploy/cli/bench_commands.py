@@ -9,7 +9,8 @@ import click
 from .. import defaults
 from ..backends import RUNTIMES
 from ..benchmark import bench, gate
-from ..benchmark.gate import MAX_PSNR_DROP, MAX_RUNTIME_DEVIATION, MAX_SSIM_DROP, TOLERANCE
+from ..benchmark.gate import (MAX_PSNR_DROP, MAX_RUNTIME_DEVIATION, MAX_SSIM_DROP,
+                               MAX_WORST_PSNR_DROP, TOLERANCE)
 from ..benchmark.report import DEFAULT_OUT
 from ..benchmark.run import ENGINE_SUFFIXES, PROTOCOL_CHOICES
 from ..errors import GateFailure
@@ -94,6 +95,23 @@ def echo_bench(result, out) -> None:
     click.echo(f"report: {Path(out) / 'report.md'} (and report.json, figures)")
 
 
+def echo_images(result) -> None:
+    """Per image: FP32 and candidate PSNR (standard protocol), the drop, runtime conformance."""
+    if not result.reference:
+        return
+    protocol = result.protocols[0]
+    click.echo(f"per image ({protocol}): {'image':<32} {'FP32':>8} {'INT8':>8} {'drop':>7} "
+               f"{'vs ORT':>8}")
+    rows = sorted(result.images, key=lambda row: row["delta"][protocol]["psnr"])
+    for row in rows:
+        conformance = (row.get("conformance") or {}).get("psnr_delta", {}).get(protocol)
+        click.echo(f"{'':<{len('per image (') + len(protocol) + 3}}{row['image'][:32]:<32} "
+                   f"{row['reference'][protocol]['psnr']:8.3f} "
+                   f"{row['candidate'][protocol]['psnr']:8.3f} "
+                   f"{-row['delta'][protocol]['psnr']:7.3f} "
+                   + (f"{conformance:+8.4f}" if conformance is not None else f"{'-':>8}"))
+
+
 def conformance_line(entry: dict) -> str:
     """One line: how the runtime under test agrees with ONNX Runtime on the same graph."""
     runtime = entry["runtime"] + (f" ({entry['openvino_isa']})" if entry.get("openvino_isa")
@@ -124,16 +142,21 @@ def _cell(entry: dict, who: str, metric: str, width: int, sign: str) -> str:
                    f"than {TOLERANCE} dB.")
 @click.option("--max-psnr-drop", type=FiniteFloat(0.0), default=MAX_PSNR_DROP, show_default=True,
               metavar="DB", help="Largest allowed mean PSNR drop of the candidate vs reference.")
+@click.option("--max-worst-psnr-drop", type=FiniteFloat(0.0), default=MAX_WORST_PSNR_DROP,
+              show_default=True, metavar="DB",
+              help="Largest allowed PSNR drop of the candidate vs reference on any one image.")
 @click.option("--max-ssim-drop", type=FiniteFloat(0.0), default=MAX_SSIM_DROP, show_default=True,
               metavar="X", help="Largest allowed mean SSIM drop of the candidate vs reference.")
 @click.option("--max-runtime-deviation", type=FiniteFloat(0.0), default=MAX_RUNTIME_DEVIATION,
               show_default=True, metavar="DB",
               help="Largest allowed |PSNR(runtime) - PSNR(ONNX Runtime)| on any image (same "
                    "graph, against HR).")
-def gate_command(report, baseline, max_psnr_drop, max_ssim_drop, max_runtime_deviation) -> None:
+def gate_command(report, baseline, max_psnr_drop, max_worst_psnr_drop, max_ssim_drop,
+                 max_runtime_deviation) -> None:
     """CI accuracy gate on a bench report: exit 0 pass, 1 fail, 2 unusable input."""
     result = gate(report, baseline, max_psnr_drop=max_psnr_drop, max_ssim_drop=max_ssim_drop,
-                  max_runtime_deviation=max_runtime_deviation)
+                  max_runtime_deviation=max_runtime_deviation,
+                  max_worst_psnr_drop=max_worst_psnr_drop)
     click.echo(result.table())
     if not result:
         raise GateFailure(result.summary())

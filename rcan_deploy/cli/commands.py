@@ -312,8 +312,9 @@ def variants() -> None:
 @click.option("--min-int8-share", type=click.FloatRange(0, 1),
               default=default(QuantizeOptions, "min_int8_share"), show_default=True,
               help="Never keep so much in float that less of the conv MACs run in INT8.")
-@click.option("--selection-images", type=click.IntRange(min=1), default=None,
-              help="Use only the first N selection images (default: all).")
+@click.option("--selection-images", type=click.IntRange(min=0), default=None,
+              help="Use only the first N selection images (default: all; 0: measure nothing, "
+                   "with --no-mixed-precision, for networks too slow to run on whole images).")
 @click.option("--input-range", type=click.Choice([str(r) for r in INPUT_RANGES]), default=None,
               help="Input range of a graph without sidecar.")
 @click.option("--out", type=click.Path(dir_okay=False), default=defaults.INT8_ONNX,
@@ -350,6 +351,10 @@ def echo_quantize(record: dict, out) -> None:
                        f"{step['worst_drop']:.3f} dB" + (f" after {moves}" if moves else ""))
         if not search["met"]:
             click.echo("  budget NOT met (see --max-drop, --max-worst-drop, --min-int8-share)")
+    if heldout.get("not_measured"):
+        click.echo(f"whole images: not measured ({heldout['not_measured']})")
+        click.echo(f"wrote {out}: input {record['input_shape']}")
+        return
     click.echo(f"whole images of {heldout['set']['name']} {heldout['set'].get('split') or ''} "
                f"on {heldout['runtime']}, PSNR drop vs FP32 per image:")
     for name, drop in heldout["images"].items():
@@ -476,12 +481,14 @@ _register_subcommands()
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=DEMO_RUNTIME,
               show_default=True, help="Runtime of the bench.")
 def demo_command(out_dir, runtime) -> None:
-    """Shipped SR4K RCAN x2 -> export -> rewrite -> INT8 -> bench -> report -> gate."""
+    """Shipped SR4K RCAN x2 -> optimized export -> INT8 -> bench -> report -> gate."""
     from ..demo_pipeline import demo
-    from .bench_commands import echo_bench
+    from .bench_commands import echo_bench, echo_images
 
     result = demo(out_dir, runtime=runtime, echo=click.echo)
+    echo_quantize(result["quantize"], result["int8"])
     echo_bench(result["bench"], result["report"])
+    echo_images(result["bench"])
     verdict = result["gate"]
     click.echo(verdict.table())
     if not verdict:

@@ -54,16 +54,21 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
         plan = {layer: "int8x2" for layer in precision.small_layers(macs, SMALL_LAYER_SHARE)
                 if layer in q_record["quantized_layers"]}
     runtime, warning = selection_runtime(options.target)
-    images = selection_module.FrameImages.load(selection, options.selection_images)
-    judge = selection_module.FrameJudge(model, images, runtime, value_range, progress)
     budget = selection_module.Budget(options.max_drop, options.max_worst_drop,
                                      options.min_int8_share)
     search = None
-    if options.mixed_precision and options.target != "ort":
-        plan, search = selection_module.search_precision(quantized, judge, budget, plan,
-                                                         progress)
-    final = precision.apply_plan(quantized, plan) if plan else quantized
-    heldout = _frame_report(final, model, judge, budget, value_range, warning)
+    if options.selection_images == 0:
+        final = precision.apply_plan(quantized, plan) if plan else quantized
+        heldout = {"set": selection.describe(), "runtime": runtime,
+                   "not_measured": "--selection-images 0"}
+    else:
+        images = selection_module.FrameImages.load(selection, options.selection_images)
+        judge = selection_module.FrameJudge(model, images, runtime, value_range, progress)
+        if options.mixed_precision and options.target != "ort":
+            plan, search = selection_module.search_precision(quantized, judge, budget, plan,
+                                                             progress)
+        final = precision.apply_plan(quantized, plan) if plan else quantized
+        heldout = _frame_report(final, model, judge, budget, value_range, warning)
     macs = precision.int8_macs(final)
     q_record.update(plan=plan, plan_summary=precision.describe_plan(plan),
                     int8_macs_share=macs["int8_share"], macs={"total": macs["total"],
@@ -83,8 +88,9 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
                    "activation_summary": _summary(list(scales.values())),
                    "weights_per_channel_range": weight_scale_ranges(final)},
         "heldout": heldout,
-        "latency": _latency(final, model, runtime),
     })
+    if options.selection_images != 0:
+        record.sections["latency"] = _latency(final, model, runtime)
     if search is not None:
         record.sections["mixed_precision"] = search
     return save_onnx(final, out, record)

@@ -14,8 +14,9 @@ the sidecar records ``global_pooling`` and the sensitivity report measures those
 Targets:
 - ``openvino`` (default) and ``tensorrt``: nvidia-modelopt's ONNX PTQ on ONNX Runtime CPU:
   symmetric int8 activations and per-channel int8 weights (zero points 0); ``max`` and
-  ``entropy`` calibration are modelopt's own, ``percentile`` keeps modelopt's placement and
-  replaces the activation ranges with percentile ones. OpenVINO runs this graph with int8
+  ``entropy`` calibration are modelopt's own, ``percentile`` and ``mse`` keep modelopt's
+  placement and replace every activation range by the 99.999th percentile of |x|, or by the
+  clipping range whose int8 quantization has the least squared error on the crops. OpenVINO runs this graph with int8
   kernels on CPUs, where ``weight_bits`` "auto" gives 7-bit weights if this CPU's int8
   convolutions saturate (:mod:`rcan_deploy.quant.weight_bits`); :mod:`rcan_deploy.quant.pipeline`
   then keeps the residual stream in float and chooses per-layer precision on the target's
@@ -55,11 +56,13 @@ from .graph import activation_scales, dynamic_copy, fix_spatial_shape, quantized
 from .weight_bits import (ORT_REDUCED_MAX, REDUCED_MAX, WEIGHT_BITS, choose_weight_bits,
                           max_weight_integer, reduce_weight_range)
 
-METHODS = ("max", "entropy", "percentile")
+METHODS = ("max", "entropy", "percentile", "mse")
 TARGETS = ("openvino", "tensorrt", "ort")
 TARGET_ALIASES = {"cpu": "ort"}
 HIGH_PRECISIONS = ("fp32", "fp16")
 PERCENTILE = 99.999
+MSE_CANDIDATES = 64  # clipping ranges tried by the mse method
+MSE_SAMPLE = 1 << 20  # values per tensor it weighs
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class QuantizeOptions:
     max_drop: float = 0.05  # mean PSNR drop budget, dB
     max_worst_drop: float = 0.2  # worst-image PSNR drop budget, dB
     min_int8_share: float = 0.8  # of the executed conv MACs
-    selection_images: int | None = None  # None: the whole selection split
+    selection_images: int | None = None  # None: the whole selection split; 0: measure nothing
     input_range: int | None = None  # of a graph without sidecar
     weight_bits: str = "auto"  # "auto" | "8" | "7" (see rcan_deploy.quant.weight_bits)
 
@@ -97,15 +100,21 @@ class QuantizeOptions:
                                      ("--weight-bits", self.weight_bits, WEIGHT_BITS)):
             if value not in choices:
                 raise UserError(f"{flag} {value!r}: expected one of {', '.join(choices)}")
+        if self.method == "mse" and self.target == "ort":
+            raise UserError("--method mse applies to the openvino and tensorrt targets (ONNX "
+                            "Runtime's quantize_static has no such calibrator)")
         for flag, value, low in (("--calib-crops", self.calib_crops, 1),
                                  ("--crop-size", self.crop_size, 8), ("--seed", self.seed, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"{flag} {value!r}: expected an integer >= {low}")
         if self.selection_images is not None and (isinstance(self.selection_images, bool) or not
                                                   isinstance(self.selection_images, int) or
-                                                  self.selection_images < 1):
+                                                  self.selection_images < 0):
             raise UserError(f"--selection-images {self.selection_images!r}: expected an integer "
-                            ">= 1")
+                            ">= 0")
+        if self.selection_images == 0 and self.mixed_precision:
+            raise UserError("--selection-images 0 measures nothing, so there is no precision to "
+                            "choose: add --no-mixed-precision")
         for flag, value in (("--max-drop", self.max_drop),
                             ("--max-worst-drop", self.max_worst_drop)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -224,10 +233,9 @@ def _ort_static(dynamic_path: str, out_path: str, crops: np.ndarray, method: str
                                        "CalibPercentile": PERCENTILE})
 
 
-def _percentile_scales(dynamic: onnx.ModelProto, tensors: list[str],
-                       crops: np.ndarray) -> dict[str, float]:
-    """Symmetric int8 scales of ``tensors``: the PERCENTILE-th percentile of |x| over the crops
-    (modelopt patches ONNX Runtime's calibrators, so this is computed here directly)."""
+def _activation_magnitudes(dynamic: onnx.ModelProto, tensors: list[str],
+                           crops: np.ndarray) -> dict[str, np.ndarray]:
+    """|x| of every named tensor over all crops, flattened (float32)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(dynamic)
     del probe.graph.output[:]
@@ -237,8 +245,32 @@ def _percentile_scales(dynamic: onnx.ModelProto, tensors: list[str],
     for crop in crops:
         for name, out in zip(tensors, session.run(None, {session.get_inputs()[0].name: crop[None]})):
             values[name].append(np.abs(out).ravel())
-    return {name: float(np.percentile(np.concatenate(v), PERCENTILE)) / 127.0
-            for name, v in values.items()}
+    return {name: np.concatenate(v) for name, v in values.items()}
+
+
+def _percentile_scale(magnitudes: np.ndarray) -> float:
+    """Symmetric int8 scale from the PERCENTILE-th percentile of |x|."""
+    return float(np.percentile(magnitudes, PERCENTILE)) / 127.0
+
+
+def _mse_scale(magnitudes: np.ndarray, candidates: int = MSE_CANDIDATES) -> float:
+    """The symmetric int8 scale whose quantization of ``magnitudes`` has the least squared error:
+    clipping ranges from 30 % to 100 % of the maximum are tried (a sample of at most 2**20 values
+    keeps it fast)."""
+    sample = magnitudes
+    if sample.size > MSE_SAMPLE:
+        sample = np.random.default_rng(0).choice(sample, MSE_SAMPLE, replace=False)
+    top = float(sample.max()) or 1.0
+    best, best_error = top, float("inf")
+    for clip in np.linspace(0.3 * top, top, candidates):
+        step = clip / 127.0
+        error = float(np.mean((np.minimum(np.round(sample / step), 127) * step - sample) ** 2))
+        if error < best_error:
+            best, best_error = clip, error
+    return best / 127.0
+
+
+_RANGE_METHODS = {"percentile": _percentile_scale, "mse": _mse_scale}
 
 
 def _replace_activation_scales(model: onnx.ModelProto, scales: dict[str, float]) -> None:
@@ -280,12 +312,14 @@ def quantize_model(model: onnx.ModelProto, crops: np.ndarray,
             _ort_static(dynamic_path, out_path, crops, options.method, False, exclude, input_name,
                         reduce_range=reduced)
         else:
-            method = "max" if options.method == "percentile" else options.method
+            method = "max" if options.method in _RANGE_METHODS else options.method
             _modelopt(dynamic_path, out_path, crops, method, options.high_precision, exclude)
         quantized = onnx.load(out_path)
-        if options.method == "percentile" and options.target != "ort":
-            _replace_activation_scales(quantized, _percentile_scales(
-                dynamic, list(activation_scales(quantized)), crops))
+        if options.method in _RANGE_METHODS and options.target != "ort":
+            scale_of = _RANGE_METHODS[options.method]
+            magnitudes = _activation_magnitudes(dynamic, list(activation_scales(quantized)), crops)
+            _replace_activation_scales(quantized, {name: scale_of(values)
+                                                   for name, values in magnitudes.items()})
         if reduced and options.target != "ort":
             reduce_weight_range(quantized, REDUCED_MAX)
     fixed = fix_spatial_shape(quantized, shape[2], shape[3])

@@ -11,7 +11,7 @@ Rows:
 - PTQ max as nvidia-modelopt places Q/DQ (the residual stream itself is quantized);
 - PTQ max / percentile / entropy / mse with the residual stream in float, every conv INT8;
 - mixed precision: ``rcan-deploy quantize`` defaults (max, float stream, per-layer int8 /
-  int8x2 / float chosen on whole images of the val split within 0.05 dB mean, 0.2 dB worst);
+  int8x2 / float chosen on whole images of the val split within 0.03 dB mean, 0.1 dB worst);
 - QAT: the same, then ``--qat`` fine-tuning;
 - the default recipe with 7-bit weights, run by OpenVINO as on a CPU without VNNI (oneDNN
   limited to AVX-512 without VNNI), the configuration of CPUs whose int8 sums saturate.

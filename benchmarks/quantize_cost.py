@@ -29,7 +29,8 @@ import numpy as np
 _OURS = r"""
 import sys
 from rcan_deploy import api
-api.quantize(sys.argv[1], sys.argv[2], dataset="samples", progress=False, target=sys.argv[3])
+api.quantize(sys.argv[1], sys.argv[2], dataset="samples", progress=False, target=sys.argv[3],
+             mixed_precision=False, selection_images=0)  # the PTQ itself
 """
 
 _PREPARE = r"""

@@ -203,6 +203,19 @@ def test_gate_exit_codes(good, graphs, tmp_path, capsys):
     _one_line_error(capsys, main(["gate", str(fp32_report / "report.json")]), 2, "no reference")
 
 
+def test_gate_fails_on_one_bad_image_that_the_mean_hides(good, tmp_path, capsys):
+    _, out = good
+    report = json.loads((out / "report.json").read_text())
+    row = report["images"][0]
+    row["delta"]["standard"]["psnr"] = -0.31  # one image 0.31 dB down; the mean stays small
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    result = gate(tmp_path / "report.json")
+    worst = next(r for r in result.rows if r["metric"].startswith("PSNR drop, worst image"))
+    assert not worst["ok"] and worst["value"] == pytest.approx(0.31) and not result
+    assert row["image"][:24] in worst["metric"]
+    assert gate(tmp_path / "report.json", max_worst_psnr_drop=0.4)
+
+
 def test_bench_engine_without_tensorrt_is_one_line(graphs, tmp_path, capsys):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")

@@ -81,8 +81,8 @@ class QuantizeOptions:
     exclude: tuple[str, ...] = ()
     # per-layer precision search on whole selection images (rcan_deploy.quant.selection)
     mixed_precision: bool = True
-    max_drop: float = 0.05  # mean PSNR drop budget, dB
-    max_worst_drop: float = 0.2  # worst-image PSNR drop budget, dB
+    max_drop: float = 0.03  # mean PSNR drop budget, dB
+    max_worst_drop: float = 0.1  # worst-image PSNR drop budget, dB
     min_int8_share: float = 0.8  # of the executed conv MACs
     selection_images: int | None = None  # None: the whole selection split; 0: measure nothing
     input_range: int | None = None  # of a graph without sidecar

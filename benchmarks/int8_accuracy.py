@@ -49,13 +49,7 @@ NO_VNNI = "avx512_core"
 def latency(model, repeat: int = 5) -> float:
     x = np.random.default_rng(0).random((1, 3, 1080, 1920)).astype(np.float32) * 255
     with get_runner("openvino", model) as runner:
-        runner.infer(x)
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            runner.infer(x)
-            times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        return float(np.median(runner.time(x, 1, repeat)))
 
 
 def main() -> None:

@@ -52,13 +52,7 @@ RUNTIMES = {"openvino": "openvino", "ort": "ort"}  # runtime: quantize target
 def timed(model, runtime: str, repeat: int) -> float:
     x = np.random.default_rng(0).random((1, 3, 1080, 1920)).astype(np.float32) * 255
     with get_runner(runtime, model) as runner:
-        runner.infer(x)
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            runner.infer(x)
-            times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        return float(np.median(runner.time(x, 1, repeat)))
 
 
 def conv_chain(channels: int, height: int, width: int, int8: bool) -> onnx.ModelProto:
@@ -105,13 +99,7 @@ def ceiling(shape: tuple[int, int, int], runtime: str) -> dict[str, float]:
         model = conv_chain(channels, height, width, int8)
         x = np.random.default_rng(1).random((1, channels, height, width)).astype(np.float32)
         with get_runner(runtime, model) as runner:
-            runner.infer(x)
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                runner.infer(x)
-                times.append(time.perf_counter() - start)
-        result[label] = macs / float(np.median(times)) / 1e9
+            result[label] = macs / float(np.median(runner.time(x, 1, 3))) / 1e9
     return result
 
 

@@ -191,7 +191,7 @@ def test_gate_exit_codes(good, graphs, tmp_path, capsys):
     assert not gate(tmp_path / "bad" / "report.json")
 
     assert main(["gate", str(tmp_path / "bad" / "report.json"), "--max-ssim-drop", "1",
-                 "--max-psnr-drop", "100"]) == 0
+                 "--max-psnr-drop", "100", "--max-worst-psnr-drop", "100"]) == 0
     capsys.readouterr()
     code = main(["gate", str(report), "--max-psnr-drop", "-0.5"])
     _one_line_error(capsys, code, 2, "--max-psnr-drop")

@@ -74,6 +74,12 @@ class Runner:
         self.inference_times.append(time.perf_counter() - start)
         return output
 
+    def time(self, x: np.ndarray, warmup: int = 1, repeat: int = 3) -> list[float]:
+        """Wall seconds of ``repeat`` inferences of ``x`` after ``warmup`` untimed ones."""
+        for _ in range(warmup + repeat):
+            self.infer(x)
+        return self.inference_times[-repeat:]
+
     def last_inference_time(self) -> float | None:
         """Seconds taken by the latest ``infer`` call (None before the first)."""
         return self.inference_times[-1] if self.inference_times else None

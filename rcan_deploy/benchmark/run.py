@@ -455,12 +455,7 @@ def _latency(runner: Runner, subject: Subject, warmup: int, repeat: int) -> dict
     height, width = subject.graph_hw
     rng = np.random.default_rng(0)
     x = (rng.random((1, 3, height, width)) * subject.input_range).astype(np.float32)
-    for _ in range(warmup):
-        runner.infer(x)
-    times = []
-    for _ in range(repeat):
-        runner.infer(x)
-        times.append(runner.last_inference_time())
+    times = runner.time(x, warmup, repeat)
     median = float(np.median(times))
     output_mpix = height * width * subject.scale**2 / 1e6
     timing = {"runtime": subject.runtime, "shape": [1, 3, height, width], "warmup": warmup,

@@ -136,21 +136,13 @@ def _frame_report(final, fp32, judge, budget, value_range: int, warning: str | N
 
 def _latency(final, fp32, runtime: str, repeat: int = 3) -> dict:
     """Median seconds per frame at the graph's shape on ``runtime``, INT8 and FP32."""
-    import time
-
     from ..backends import get_runner
 
     x = np.random.default_rng(0).random(input_shape(final)).astype(np.float32)
     result = {"runtime": runtime, "shape": input_shape(final)}
     for label, graph in (("int8", final), ("fp32", fp32)):
         with get_runner(runtime, graph) as runner:
-            runner.infer(x)
-            times = []
-            for _ in range(repeat):
-                start = time.perf_counter()
-                runner.infer(x)
-                times.append(time.perf_counter() - start)
-        result[f"{label}_median_s"] = float(np.median(times))
+            result[f"{label}_median_s"] = float(np.median(runner.time(x, 1, repeat)))
     result["speedup"] = result["fp32_median_s"] / result["int8_median_s"]
     return result
 

@@ -299,6 +299,15 @@ def variants() -> None:
                    "drop is at most DB.")
 @click.option("--input-range", type=click.Choice([str(r) for r in INPUT_RANGES]), default=None,
               help="Input range of a graph without sidecar.")
+@click.option("--qat", "qat_steps", type=click.IntRange(min=0), default=0, metavar="STEPS",
+              help="Then fine-tune the QDQ graph for STEPS steps (quantization-aware, distilled "
+                   "from the FP32 graph on the calibration images).")
+@click.option("--qat-learning-rate", type=FiniteFloat(0.0, open_low=True),
+              default=default(QuantizeOptions, "qat_learning_rate"), show_default=True,
+              help="Adam learning rate of --qat (cosine decay).")
+@click.option("--qat-batch", type=click.IntRange(min=1),
+              default=default(QuantizeOptions, "qat_batch"), show_default=True,
+              help="Crops per --qat step.")
 @click.option("--out", type=click.Path(dir_okay=False), default=defaults.INT8_ONNX,
               show_default=True, help="Output QDQ ONNX file.")
 def quantize(model, out, input_range, dataset, calib_alias, exclude, **kwargs) -> None:
@@ -321,6 +330,10 @@ def quantize(model, out, input_range, dataset, calib_alias, exclude, **kwargs) -
             state = "met" if fb["met"] else "NOT met"
             click.echo(f"--max-drop {fb['max_drop']}: kept in higher precision: "
                        f"{', '.join(fb['kept_float']) or 'none'} (budget {state})")
+    if "qat" in record:
+        qat = record["qat"]
+        click.echo(f"QAT: {qat['steps']} steps in {qat['seconds']:.0f} s, held-out drop "
+                   f"{qat['heldout_before']['drop']:.3f} -> {qat['heldout_after']['drop']:.3f} dB")
     click.echo(f"held-out crops ({heldout['crops']}, {heldout['set']['name']}): PSNR fp32 "
                f"{heldout['fp32_psnr']:.3f} dB, int8 {heldout['int8_psnr']:.3f} dB, drop "
                f"{heldout['drop']:.3f} dB")

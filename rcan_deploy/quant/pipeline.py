@@ -57,6 +57,10 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
     fp32_psnr = report.get("fp32_psnr")
     if fp32_psnr is None:
         fp32_psnr = sensitivity.mean_psnr(dynamic_copy(model), eval_crops, value_range)
+    qat = None
+    if options.qat_steps:
+        quantized, qat = _finetune(model, quantized, dataset, eval_crops, value_range, fp32_psnr,
+                                   options, progress)
     int8_psnr = sensitivity.mean_psnr(dynamic_copy(quantized), eval_crops, value_range)
     scales = activation_scales(quantized)
     record = derive(model_path, "onnx-int8-qdq", parent)
@@ -79,7 +83,29 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
     })
     if report:
         record.sections["sensitivity"] = report
+    if qat is not None:
+        qat["heldout_after"] = {"int8_psnr": int8_psnr, "drop": fp32_psnr - int8_psnr}
+        record.sections["qat"] = qat
     return save_onnx(quantized, out, record)
+
+
+def _finetune(model, quantized, dataset, eval_crops, value_range: int, fp32_psnr: float,
+              options: QuantizeOptions, progress: bool | None):
+    """Quantization-aware fine-tuning of the PTQ graph on the calibration images
+    (:mod:`rcan_deploy.quant.qat`); returns the graph and its record with the held-out figures
+    before."""
+    from ..data.io import to_uint8
+    from ..graph_analysis import receptive_field
+    from .graph import dynamic_copy
+    from .qat import finetune
+
+    before = sensitivity.mean_psnr(dynamic_copy(quantized), eval_crops, value_range)
+    images = [to_uint8(pair.load_lr()) for pair in dataset]
+    tuned, record = finetune(quantized, model, images, value_range, options.qat(),
+                             stride=receptive_field(model).stride, progress=progress)
+    record["train_set"] = dataset.describe()
+    record["heldout_before"] = {"int8_psnr": before, "drop": fp32_psnr - before}
+    return tuned, record
 
 
 MIN_OPSET = 13  # per-channel QuantizeLinear

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import warnings
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
@@ -47,6 +47,9 @@ from ..errors import UserError
 from ..record import INPUT_RANGES
 from ..onnx_utils import input_shape, ort_session, run
 from .graph import activation_scales, dynamic_copy, fix_spatial_shape, quantized_layers
+from .qat import QatOptions
+
+QAT_DEFAULTS = QatOptions()
 
 METHODS = ("max", "entropy", "percentile")
 TARGETS = ("tensorrt", "cpu")
@@ -73,6 +76,16 @@ class QuantizeOptions:
     max_drop: float | None = None
     heldout_crops: int = 16
     input_range: int | None = None  # of a graph without sidecar
+    qat_steps: int = 0  # quantization-aware fine-tuning after PTQ (see quant.qat); 0: none
+    qat_learning_rate: float = QAT_DEFAULTS.learning_rate
+    qat_batch: int = QAT_DEFAULTS.batch_size
+    qat_learn_scales: bool = QAT_DEFAULTS.learn_scales
+
+    def qat(self) -> QatOptions:
+        """The fine-tuning recipe of these options."""
+        return replace(QAT_DEFAULTS, steps=self.qat_steps, learning_rate=self.qat_learning_rate,
+                       batch_size=self.qat_batch, learn_scales=self.qat_learn_scales,
+                       seed=self.seed)
 
     def check(self) -> None:
         for flag, value, choices in (("--method", self.method, METHODS),
@@ -91,6 +104,11 @@ class QuantizeOptions:
             raise UserError(f"--max-drop {self.max_drop}: expected a non-negative number of dB")
         if self.input_range not in (None, *INPUT_RANGES):
             raise UserError(f"--input-range {self.input_range}: expected 1 or 255")
+        if isinstance(self.qat_steps, bool) or not isinstance(self.qat_steps, int) \
+                or self.qat_steps < 0:
+            raise UserError(f"--qat {self.qat_steps!r}: expected an integer >= 0")
+        if self.qat_steps:
+            self.qat().check()
         for pattern in self.exclude:
             try:
                 re.compile(pattern)

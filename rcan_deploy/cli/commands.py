@@ -308,6 +308,8 @@ def variants() -> None:
 @click.option("--qat-batch", type=click.IntRange(min=1),
               default=default(QuantizeOptions, "qat_batch"), show_default=True,
               help="Crops per --qat step.")
+@click.option("--qat-learn-scales", is_flag=True,
+              help="--qat also learns the activation scales (LSQ).")
 @click.option("--out", type=click.Path(dir_okay=False), default=defaults.INT8_ONNX,
               show_default=True, help="Output QDQ ONNX file.")
 def quantize(model, out, input_range, dataset, calib_alias, exclude, **kwargs) -> None:

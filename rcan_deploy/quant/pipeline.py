@@ -97,13 +97,14 @@ def _finetune(model, quantized, dataset, eval_crops, value_range: int, fp32_psnr
     from ..data.io import to_uint8
     from ..graph_analysis import receptive_field
     from .graph import dynamic_copy
-    from .qat import finetune
+    from .qat import MAX_IMAGES, finetune
 
     before = sensitivity.mean_psnr(dynamic_copy(quantized), eval_crops, value_range)
-    images = [to_uint8(pair.load_lr()) for pair in dataset]
+    pairs = list(dataset)[::-(-len(dataset) // MAX_IMAGES)]  # evenly spaced, in memory as uint8
+    images = [to_uint8(pair.load_lr()) for pair in pairs]
     tuned, record = finetune(quantized, model, images, value_range, options.qat(),
                              stride=receptive_field(model).stride, progress=progress)
-    record["train_set"] = dataset.describe()
+    record["train_set"] = {**dataset.describe(), "images_used": [pair.name for pair in pairs]}
     record["heldout_before"] = {"int8_psnr": before, "drop": fp32_psnr - before}
     return tuned, record
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import torch
 
 LOSSES = ("l1", "mse")
+MAX_IMAGES = 64  # calibration images held in memory for the crops (evenly spaced in the set)
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear")
 # |ONNX Runtime - interpreter| on the written graph, as a fraction of the value range (mean, max).
 # Float sums in another order flip some activations by one level and the flips spread through
@@ -58,7 +59,7 @@ class QatOptions:
     crop_size: int = 64  # LR pixels
     loss: str = "l1"
     learn_scales: bool = False  # LSQ activation scales
-    scale_learning_rate: float = 1e-3  # of the log activation scales
+    scale_learning_rate: float = 3e-3  # of the log activation scales (LSQ)
     seed: int = 0
 
     def check(self) -> None:
@@ -130,7 +131,6 @@ class GraphModule:
                  trainable: bool = True, learn_scales: bool = False) -> None:
         import torch
 
-        self.model = model
         self.device = torch.device(device)
         graph = model.graph
         self.nodes = [node for node in graph.node if node.op_type != "Constant"]
@@ -150,8 +150,8 @@ class GraphModule:
         producers = {out: node for node in graph.node for out in node.output}
         self.weights: dict[str, _WeightQuant] = {}  # by the name of the tensor holding integers
         self.biases: dict[str, tuple[str, str | None, str]] = {}  # int32 bias -> x, w scale names
-        train_names = self._trainable_names(arrays, producers) if trainable else set()
-        floats = self._find_weights(arrays, producers, train_names)
+        train_names = self._trainable_names(graph.node, arrays, producers) if trainable else set()
+        floats = self._find_weights(graph.node, arrays, producers, train_names)
         self.tensors: dict[str, torch.Tensor] = {}
         self.parameters: dict[str, torch.nn.Parameter] = {}
         for name, array in arrays.items():
@@ -176,11 +176,11 @@ class GraphModule:
 
     # -- structure ------------------------------------------------------------------------
     @staticmethod
-    def _trainable_names(arrays, producers) -> set[str]:
+    def _trainable_names(nodes, arrays, producers) -> set[str]:
         """Initializers holding Conv weights/biases (directly, through Q/DQ, or as integers);
         a ConvTranspose only when quantized (a float one is a fixed pixel-shuffle form)."""
         names = set()
-        for node in producers.values():
+        for node in nodes:
             if node.op_type not in ("Conv", "ConvTranspose"):
                 continue
             for tensor in node.input[1:3]:
@@ -196,20 +196,19 @@ class GraphModule:
                     names.add(tensor)
         return names
 
-    def _find_weights(self, arrays, producers, train_names: set[str]) -> dict[str, np.ndarray]:
+    def _find_weights(self, nodes, arrays, producers,
+                      train_names: set[str]) -> dict[str, np.ndarray]:
         """Record how each trained weight is quantized; return the float values of those
         stored as integers (``train_names`` loses integers it cannot train)."""
         consumers: dict[str, list] = {}
-        for node in producers.values():
+        for node in nodes:
             for tensor in node.input:
                 consumers.setdefault(tensor, []).append(node)
         floats = {}
-        for node in producers.values():
+        for node in nodes:
             if node.op_type not in QUANT_OPS or node.input[0] not in train_names:
                 continue
             source = node.input[0]
-            if False:
-                continue
             stored_int = not np.issubdtype(arrays[source].dtype, np.floating)
             if stored_int != (node.op_type == "DequantizeLinear"):
                 continue

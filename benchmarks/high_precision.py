@@ -2,9 +2,9 @@
 
 modelopt's default for the layers it leaves unquantized is fp16; rcan-deploy's is fp32. This
 measures both on the shipped SR4K RCAN x2 (models/rcan-sr4k_x2.pt) in the two value ranges
-(BasicSR layout 0..1, official layout 0..255): the held-out crop PSNR that `quantize` reports,
-and full 1080x1920 frames of the `samples` held-out split (standard protocol) on ONNX Runtime
-CPU and, for the BasicSR layout, OpenVINO. TensorRT itself needs a GPU.
+(BasicSR layout 0..1, official layout 0..255): full 1080x1920 frames of the `samples` held-out
+split (standard protocol) on ONNX Runtime CPU and, for the BasicSR layout, OpenVINO. TensorRT
+itself needs a GPU.
 
     python benchmarks/high_precision.py [--out high_precision.md]
 """
@@ -31,9 +31,9 @@ def main() -> None:
             rcan_deploy.export(fp32, source=source, variant="rcan-sr4k")
             for high in ("fp32", "fp16"):
                 int8 = Path(tmp) / f"{source}_{high}.onnx"
-                record = rcan_deploy.quantize(fp32, int8, dataset="samples", high_precision=high,
-                                              target="tensorrt", mixed_precision=False,
-                                              selection_images=0, progress=False)
+                rcan_deploy.quantize(fp32, int8, dataset="samples", high_precision=high,
+                                     target="tensorrt", mixed_precision=False,
+                                     selection_images=0, progress=False)
                 frames = {}
                 for runtime in runtimes:
                     result = bench(model=int8, runtime=runtime, dataset="samples", warmup=0,

@@ -11,11 +11,15 @@ RCAN at x2 and x4 with seeded random weights, as no weights can be downloaded he
   as integer QLinearConv), calibrated on the samples images; the precision search runs only for
   the shipped networks (random weights have no accuracy to keep).
 
-Printed per row: executed conv GMACs, latency (median of 3 after one warm-up; paper RCAN: one
-run after one warm-up), the ratio to the naive FP32 graph on the same runtime, and efficiency:
+Printed per row: executed conv GMACs, latency (median of 3 after one warm-up), the ratio to the naive FP32 graph on the same runtime, and efficiency:
 achieved GMAC/s over this machine's conv ceiling, measured first as a chain of eight 3x3 convs at
 the body's shape (32->32 at 540x960 for the SR4K family, 64->64 at 1080x1920 for the others) in
 FP32 and INT8.
+
+The paper RCAN (about 31 TMAC a 1080p frame, over ten minutes a run on two cores) is exported and
+timed at 135x240, 1/64 of the pixels, and its GMACs and latency are scaled by 64 to 1080p (its
+convs are linear in the pixel count; the table marks these rows); its INT8 graphs calibrate on 8
+crops of 64 px.
 
 Usage: ``python benchmarks/optimize_speed.py [--only NAME ...] [--out benchmarks/optimize_speed.md]``
 """
@@ -38,6 +42,7 @@ from rcan_deploy.backends import get_runner
 from rcan_deploy.costs import model_info
 
 NETWORKS = {  # name: (export keywords, shipped weights?, body shape for the ceiling)
+    # networks without shipped weights are measured at FRACTION_SHAPE and scaled to 1080p
     "rcan-sr4k x2": (dict(source="official", variant="rcan-sr4k"), True, (32, 540, 960)),
     "rcan2-sr4k x2": (dict(source="official", variant="rcan2-sr4k"), True, (16, 540, 960)),
     "rcan-slim x2": (dict(source="official", variant="rcan-slim"), True, (32, 1080, 1920)),
@@ -47,10 +52,13 @@ NETWORKS = {  # name: (export keywords, shipped weights?, body shape for the cei
                         False, (64, 1080, 1920)),
 }
 RUNTIMES = {"openvino": "openvino", "ort": "ort"}  # runtime: quantize target
+FRAME = (1080, 1920)
+FRACTION_SHAPE = (135, 240)  # 1/64 of a 1080p frame
+FRACTION = FRAME[0] * FRAME[1] // (FRACTION_SHAPE[0] * FRACTION_SHAPE[1])
 
 
-def timed(model, runtime: str, repeat: int) -> float:
-    x = np.random.default_rng(0).random((1, 3, 1080, 1920)).astype(np.float32) * 255
+def timed(model, runtime: str, repeat: int, shape: tuple[int, int] = FRAME) -> float:
+    x = np.random.default_rng(0).random((1, 3, *shape)).astype(np.float32) * 255
     with get_runner(runtime, model) as runner:
         return float(np.median(runner.time(x, 1, repeat)))
 
@@ -128,27 +136,29 @@ def main() -> None:
               "efficiency |", "|---|---|---|---|---|---|---|"]
     for name in names:
         keywords, shipped, body = NETWORKS[name]
-        repeat = 3 if shipped else 1
-        stem = work / name.split()[0]
+        shape, factor = (FRAME, 1) if shipped else (FRACTION_SHAPE, FRACTION)
+        mark = "" if shipped else f" (at {shape[0]}x{shape[1]}, x{factor})"
+        stem = work / name.replace(" ", "_").replace("(", "").replace(")", "")
         naive, optimized = Path(f"{stem}_naive.onnx"), Path(f"{stem}.onnx")
-        rcan_deploy.export(naive, optimize=False, **keywords)
-        rcan_deploy.export(optimized, **keywords)
+        rcan_deploy.export(naive, optimize=False, shape=shape, **keywords)
+        rcan_deploy.export(optimized, shape=shape, **keywords)
         for runtime, target in RUNTIMES.items():
             int8 = Path(f"{stem}_int8_{target}.onnx")
             search = shipped and target != "ort"
+            calibration = {} if shipped else dict(calib_crops=8, crop_size=64)
             rcan_deploy.quantize(optimized, int8, dataset="samples", target=target,
                                  mixed_precision=search, selection_images=None if search else 0,
-                                 progress=False)
+                                 progress=False, **calibration)
             base = None
             for label, path, precision in (("naive FP32", naive, "fp32"),
                                            ("optimized FP32", optimized, "fp32"),
                                            ("optimized INT8", int8, "int8")):
                 model = onnx.load(str(path))
-                gmacs = model_info(model)["macs"] / 1e9
-                seconds = timed(model, runtime, repeat)
+                gmacs = model_info(model)["macs"] / 1e9 * factor
+                seconds = timed(model, runtime, 3, shape) * factor
                 base = base or seconds
                 efficiency = gmacs / seconds / ceilings[body, runtime][precision]
-                lines.append(f"| {name} | {label} | {runtime} | {gmacs:.1f} | "
+                lines.append(f"| {name}{mark} | {label} | {runtime} | {gmacs:.1f} | "
                              f"{seconds * 1e3:.0f} | {seconds / base:.2f}x | {efficiency:.0%} |")
                 print(lines[-1], file=sys.stderr, flush=True)
     text = "\n".join(lines) + "\n"

@@ -317,6 +317,18 @@ def variants() -> None:
                    "with --no-mixed-precision, for networks too slow to run on whole images).")
 @click.option("--input-range", type=click.Choice([str(r) for r in INPUT_RANGES]), default=None,
               help="Input range of a graph without sidecar.")
+@click.option("--qat", "qat_steps", type=click.IntRange(min=0), default=0, metavar="STEPS",
+              help="Then fine-tune the QDQ graph for STEPS steps (quantization-aware, distilled "
+                   "from the FP32 graph on the calibration images).")
+@click.option("--qat-learning-rate", type=FiniteFloat(0.0, open_low=True),
+              default=default(QuantizeOptions, "qat_learning_rate"), show_default=True,
+              help="Adam learning rate of --qat (cosine decay).")
+@click.option("--qat-batch", type=click.IntRange(min=1),
+              default=default(QuantizeOptions, "qat_batch"), show_default=True,
+              help="Crops per --qat step.")
+@click.option("--qat-learn-scales/--qat-fixed-scales",
+              default=default(QuantizeOptions, "qat_learn_scales"), show_default=True,
+              help="--qat also learns the activation scales (LSQ), or keeps PTQ's.")
 @click.option("--out", type=click.Path(dir_okay=False), default=defaults.INT8_ONNX,
               show_default=True, help="Output QDQ ONNX file.")
 def quantize(model, out, input_range, dataset, calib_alias, exclude, **kwargs) -> None:
@@ -351,6 +363,12 @@ def echo_quantize(record: dict, out) -> None:
                        f"{step['worst_drop']:.3f} dB" + (f" after {moves}" if moves else ""))
         if not search["met"]:
             click.echo("  budget NOT met (see --max-drop, --max-worst-drop, --min-int8-share)")
+    qat = record.get("qat")
+    if qat:
+        change = (f": selection drop mean {qat['before']['mean_drop']:.3f} -> "
+                  f"{qat['after']['mean_drop']:.3f} dB, worst {qat['before']['worst_drop']:.3f} -> "
+                  f"{qat['after']['worst_drop']:.3f} dB" if "after" in qat else "")
+        click.echo(f"QAT: {qat['steps']} steps in {qat['seconds']:.0f} s" + change)
     if heldout.get("not_measured"):
         click.echo(f"whole images: not measured ({heldout['not_measured']})")
         click.echo(f"wrote {out}: input {record['input_shape']}")

@@ -1,9 +1,8 @@
-"""``rcan-deploy quantize``: calibration crops -> INT8 QDQ graph -> held-out check (and per-layer
-sensitivity, fallback) -> the QDQ graph and its record, published together."""
+"""``rcan-deploy quantize``: calibration crops -> INT8 QDQ graph -> per-layer precision chosen on
+whole selection images (and optional QAT fine-tuning) -> the QDQ graph and its record."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +56,11 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
     budget = selection_module.Budget(options.max_drop, options.max_worst_drop,
                                      options.min_int8_share)
     search = None
+    qat = None
     if options.selection_images == 0:
         final = precision.apply_plan(quantized, plan) if plan else quantized
+        if options.qat_steps:
+            final, qat = qat_finetune(model, final, dataset, value_range, options, progress)
         heldout = {"set": selection.describe(), "runtime": runtime,
                    "not_measured": "--selection-images 0"}
     else:
@@ -68,6 +70,10 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
             plan, search = selection_module.search_precision(quantized, judge, budget, plan,
                                                              progress)
         final = precision.apply_plan(quantized, plan) if plan else quantized
+        if options.qat_steps:
+            before = selection_module.summarize(judge.drops(final))
+            final, qat = qat_finetune(model, final, dataset, value_range, options, progress)
+            qat["before"] = {k: before[k] for k in ("mean_drop", "worst_drop", "worst_image")}
         heldout = _frame_report(final, model, judge, budget, value_range, warning)
     macs = precision.int8_macs(final)
     q_record.update(plan=plan, plan_summary=precision.describe_plan(plan),
@@ -93,7 +99,27 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
         record.sections["latency"] = _latency(final, model, runtime)
     if search is not None:
         record.sections["mixed_precision"] = search
+    if qat is not None:
+        if "mean_drop" in heldout:
+            qat["after"] = {k: heldout[k] for k in ("mean_drop", "worst_drop", "worst_image")}
+        record.sections["qat"] = qat
     return save_onnx(final, out, record)
+
+
+def qat_finetune(fp32, quantized, dataset, value_range: int, options: QuantizeOptions,
+              progress: bool | None):
+    """Quantization-aware fine-tuning of the quantized graph on the calibration images
+    (:mod:`rcan_deploy.quant.qat`); returns the graph and its record."""
+    from ..data.io import to_uint8
+    from ..graph_analysis import receptive_field
+    from .qat import MAX_IMAGES, finetune
+
+    pairs = list(dataset)[::-(-len(dataset) // MAX_IMAGES)]  # evenly spaced, in memory as uint8
+    images = [to_uint8(pair.load_lr()) for pair in pairs]
+    tuned, record = finetune(quantized, fp32, images, value_range, options.qat(),
+                             stride=receptive_field(fp32).stride, progress=progress)
+    record["train_set"] = {**dataset.describe(), "images_used": [pair.name for pair in pairs]}
+    return tuned, record
 
 
 # Layers each under this share of the conv MACs start as int8x2 (nearly float, still INT8).

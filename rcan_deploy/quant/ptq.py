@@ -41,7 +41,7 @@ import sys
 import tempfile
 import warnings
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -53,8 +53,11 @@ from ..errors import UserError
 from ..record import INPUT_RANGES
 from ..onnx_utils import input_shape, ort_session, run
 from .graph import activation_scales, dynamic_copy, fix_spatial_shape, quantized_layers
+from .qat import QatOptions
 from .weight_bits import (ORT_REDUCED_MAX, REDUCED_MAX, WEIGHT_BITS, choose_weight_bits,
                           max_weight_integer, reduce_weight_range)
+
+QAT_DEFAULTS = QatOptions()
 
 METHODS = ("max", "entropy", "percentile", "mse")
 TARGETS = ("openvino", "tensorrt", "ort")
@@ -81,17 +84,27 @@ class QuantizeOptions:
     exclude: tuple[str, ...] = ()
     # per-layer precision search on whole selection images (rcan_deploy.quant.selection)
     mixed_precision: bool = True
-    max_drop: float = 0.03  # mean PSNR drop budget, dB
-    max_worst_drop: float = 0.1  # worst-image PSNR drop budget, dB
+    max_drop: float = 0.05  # mean PSNR drop budget, dB
+    max_worst_drop: float = 0.2  # worst-image PSNR drop budget, dB
     min_int8_share: float = 0.8  # of the executed conv MACs
     selection_images: int | None = None  # None: the whole selection split; 0: measure nothing
     input_range: int | None = None  # of a graph without sidecar
     weight_bits: str = "auto"  # "auto" | "8" | "7" (see rcan_deploy.quant.weight_bits)
+    qat_steps: int = 0  # quantization-aware fine-tuning after PTQ (see quant.qat); 0: none
+    qat_learning_rate: float = QAT_DEFAULTS.learning_rate
+    qat_batch: int = QAT_DEFAULTS.batch_size
+    qat_learn_scales: bool = QAT_DEFAULTS.learn_scales
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", TARGET_ALIASES.get(self.target, self.target))
         if isinstance(self.weight_bits, int) and not isinstance(self.weight_bits, bool):
             object.__setattr__(self, "weight_bits", str(self.weight_bits))
+
+    def qat(self) -> QatOptions:
+        """The fine-tuning recipe of these options."""
+        return replace(QAT_DEFAULTS, steps=self.qat_steps, learning_rate=self.qat_learning_rate,
+                       batch_size=self.qat_batch, learn_scales=self.qat_learn_scales,
+                       seed=self.seed)
 
     def check(self) -> None:
         for flag, value, choices in (("--method", self.method, METHODS),
@@ -124,6 +137,11 @@ class QuantizeOptions:
             raise UserError(f"--min-int8-share {self.min_int8_share}: expected 0..1")
         if self.input_range not in (None, *INPUT_RANGES):
             raise UserError(f"--input-range {self.input_range}: expected 1 or 255")
+        if isinstance(self.qat_steps, bool) or not isinstance(self.qat_steps, int) \
+                or self.qat_steps < 0:
+            raise UserError(f"--qat {self.qat_steps!r}: expected an integer >= 0")
+        if self.qat_steps:
+            self.qat().check()
         for pattern in self.exclude:
             try:
                 re.compile(pattern)

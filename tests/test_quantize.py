@@ -15,7 +15,8 @@ from rcan_deploy.cli import main
 from rcan_deploy.data.datasets import samples_folder
 from rcan_deploy.errors import UserError
 from rcan_deploy.quant.graph import activation_scales, dynamic_copy, quantized_layers
-from rcan_deploy.quant.precision import apply_plan, float_stream, int8_macs, split_input
+from rcan_deploy.quant.precision import (apply_plan, float_stream, int8_macs, small_layers,
+                                         split_input)
 from rcan_deploy.quant.selection import Budget, search_precision
 
 FAST = dict(calib_crops=8, crop_size=48, selection_images=1, mixed_precision=False,
@@ -175,6 +176,15 @@ class FakeJudge:
         weight = {"a": 1, "b": 2, "c": 3}  # images differ in how much the noise costs them
         return predicted_drops({n: added * weight[n] for n in self.images.names},
                                self.fp32_psnr)
+
+
+def test_small_layers_are_the_smallest_within_both_shares():
+    # SR4K-like: a few tiny layers among large ones -> all the tiny ones
+    assert small_layers({"head": 5, "strip": 3, "body1": 300, "body2": 300, "tail": 392}, 0.01,
+                        0.025) == ["strip", "head"]
+    # many equal layers, each under 1 %: only as many as fit in 2.5 % together
+    chosen = small_layers({f"conv{i}": 1 for i in range(400)}, 0.01, 0.025)
+    assert len(chosen) == 10
 
 
 def test_precision_search_moves_the_layers_that_matter(ptq, monkeypatch):

@@ -50,7 +50,7 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
     if options.target != "ort":
         quantized, q_record["float_stream_inputs"] = precision.float_stream(quantized)
         macs = precision.layer_macs(quantized)
-        plan = {layer: "int8x2" for layer in precision.small_layers(macs, SMALL_LAYER_SHARE)
+        plan = {layer: "int8x2" for layer in precision.small_layers(macs, *SMALL_LAYERS)
                 if layer in q_record["quantized_layers"]}
     runtime, warning = selection_runtime(options.target)
     budget = selection_module.Budget(options.max_drop, options.max_worst_drop,
@@ -122,8 +122,9 @@ def qat_finetune(fp32, quantized, dataset, value_range: int, options: QuantizeOp
     return tuned, record
 
 
-# Layers each under this share of the conv MACs start as int8x2 (nearly float, still INT8).
-SMALL_LAYER_SHARE = 0.01
+# The smallest layers start as int8x2 (nearly float, still INT8): each under 1 % of the conv MACs,
+# together at most 2.5 % (so a network of many equal layers does not double them all).
+SMALL_LAYERS = (0.01, 0.025)
 
 
 def selection_runtime(target: str) -> tuple[str, str | None]:

@@ -133,10 +133,16 @@ def layer_macs(model: onnx.ModelProto) -> dict[str, int]:
     return {layer.name: layer.macs for layer in layer_costs(model)}
 
 
-def small_layers(macs: dict[str, int], share: float) -> list[str]:
-    """Layers each under ``share`` of the total MACs (cheap to keep precise)."""
-    total = sum(macs.values())
-    return [name for name, value in macs.items() if value < share * total]
+def small_layers(macs: dict[str, int], share: float, together: float) -> list[str]:
+    """The smallest layers, each under ``share`` of the total MACs and all of them together at
+    most ``together`` of it (cheap to keep precise: as int8x2 they add at most that share)."""
+    total, taken, chosen = sum(macs.values()), 0, []
+    for name, value in sorted(macs.items(), key=lambda item: item[1]):
+        if value >= share * total or taken + value > together * total:
+            break
+        taken += value
+        chosen.append(name)
+    return chosen
 
 
 def describe_plan(plan: dict[str, str]) -> dict[str, int]:

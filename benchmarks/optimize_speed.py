@@ -15,7 +15,8 @@ Printed per row: executed conv GMACs, latency (median of 3 after one warm-up), t
 naive FP32 graph on the same runtime, and efficiency: achieved GMAC/s over this machine's conv
 ceiling, measured first as a chain of eight 3x3 convs at the body's shape (the SR4K family at
 540x960, rcan-slim at 1080x1920, the paper RCAN 64->64 at the 135x240 it is timed at) in FP32
-and INT8 (int8 activations for OpenVINO, uint8 for ONNX Runtime, as each target's graph has).
+and in INT8 as ``quantize`` makes it for that runtime (modelopt's int8 QDQ for OpenVINO, ONNX
+Runtime's uint8 QDQ for ONNX Runtime).
 A graph can beat the chain (over 100 %) where the runtime fuses more around its convs.
 
 The paper RCAN (about 31 TMAC a 1080p frame, over ten minutes a run on two cores) is exported and
@@ -42,6 +43,7 @@ from onnx import TensorProto, helper, numpy_helper
 import rcan_deploy
 from rcan_deploy.backends import get_runner
 from rcan_deploy.costs import model_info
+from rcan_deploy.quant.ptq import QuantizeOptions, quantize_model
 
 NETWORKS = {  # name: (export keywords, shipped weights?, body shape for the ceiling)
     # networks without shipped weights are measured at FRACTION_SHAPE and scaled to 1080p
@@ -65,34 +67,14 @@ def timed(model, runtime: str, repeat: int, shape: tuple[int, int] = FRAME) -> f
         return float(np.median(runner.time(x, 1, repeat)))
 
 
-def conv_chain(channels: int, height: int, width: int, int8: bool,
-               runtime: str) -> onnx.ModelProto:
-    """Eight 3x3 conv + ReLU at one shape; with ``int8`` every conv reads Q/DQ input and
-    weights (symmetric, per-channel weights), as the INT8 graphs for ``runtime`` do: int8
-    activations (modelopt), uint8 with zero point 128 for ONNX Runtime (quantize_static)."""
+def conv_chain(channels: int, height: int, width: int) -> onnx.ModelProto:
+    """Eight 3x3 conv + ReLU at one shape (FP32)."""
     rng = np.random.default_rng(0)
     nodes, inits, x = [], [], "input"
-    if int8:
-        zero = np.array(128, np.uint8) if runtime == "ort" else np.array(0, np.int8)
-        inits.append(numpy_helper.from_array(np.array(0.05, np.float32), "act_scale"))
-        inits.append(numpy_helper.from_array(zero, "act_zero"))
     for i in range(8):
         w = rng.normal(0, 0.05, (channels, channels, 3, 3)).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"w{i}"))
-        weight, source = f"w{i}", x
-        if int8:
-            scale = np.abs(w).reshape(channels, -1).max(1).astype(np.float32) / 127
-            inits += [numpy_helper.from_array(scale, f"ws{i}"),
-                      numpy_helper.from_array(np.zeros(channels, np.int8), f"wz{i}")]
-            nodes += [helper.make_node("QuantizeLinear", [f"w{i}", f"ws{i}", f"wz{i}"],
-                                       [f"wq{i}"], axis=0),
-                      helper.make_node("DequantizeLinear", [f"wq{i}", f"ws{i}", f"wz{i}"],
-                                       [f"wd{i}"], axis=0),
-                      helper.make_node("QuantizeLinear", [x, "act_scale", "act_zero"], [f"xq{i}"]),
-                      helper.make_node("DequantizeLinear", [f"xq{i}", "act_scale", "act_zero"],
-                                       [f"xd{i}"])]
-            weight, source = f"wd{i}", f"xd{i}"
-        nodes += [helper.make_node("Conv", [source, weight], [f"c{i}"], pads=[1, 1, 1, 1]),
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}" if i < 7 else "output"])]
         x = f"r{i}"
     shape = [1, channels, height, width]
@@ -103,13 +85,24 @@ def conv_chain(channels: int, height: int, width: int, int8: bool,
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
+def int8_chain(model: onnx.ModelProto, target: str) -> onnx.ModelProto:
+    """The chain quantized as ``rcan-deploy quantize`` quantizes for ``target`` (modelopt's int8
+    QDQ for openvino, ONNX Runtime's uint8 QDQ for ort), calibrated on random crops."""
+    channels = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    crops = np.random.default_rng(2).random((4, channels, 32, 32)).astype(np.float32)
+    return quantize_model(model, crops, QuantizeOptions(target=target, calib_crops=4,
+                                                        crop_size=32))[0]
+
+
 def ceiling(shape: tuple[int, int, int], runtime: str) -> dict[str, float]:
     """GMAC/s of the conv chain at ``shape`` on ``runtime``, FP32 and INT8."""
     channels, height, width = shape
     macs = 8 * height * width * channels * channels * 9
     result = {}
     for label, int8 in (("fp32", False), ("int8", True)):
-        model = conv_chain(channels, height, width, int8, runtime)
+        model = conv_chain(channels, height, width)
+        if int8:
+            model = int8_chain(model, RUNTIMES[runtime])
         x = np.random.default_rng(1).random((1, channels, height, width)).astype(np.float32)
         with get_runner(runtime, model) as runner:
             result[label] = macs / float(np.median(runner.time(x, 1, 3))) / 1e9

@@ -20,6 +20,19 @@ os.environ["RCAN_DEPLOY_CACHE"] = os.path.join(_SESSION_DIR, "cache")
 os.environ["RCAN_DEPLOY_DATA"] = os.path.join(_SESSION_DIR, "no-data")
 
 
+def tiny_int8_pair(folder: Path, shape: tuple[int, int], **quantize) -> tuple[Path, Path]:
+    """A random-weight SR4K RCAN2 x2 graph at ``shape`` (official layout) and its INT8 graph,
+    quantized fast on the samples set without a precision search."""
+    import rcan_deploy
+
+    fp32, int8 = folder / "rcan.onnx", folder / "rcan_int8.onnx"
+    rcan_deploy.export(fp32, source="official", variant="rcan2-sr4k", random_weights=True,
+                       shape=shape)
+    rcan_deploy.quantize(fp32, int8, **{"dataset": "samples", "selection_images": 1,
+                                        "mixed_precision": False, "progress": False, **quantize})
+    return fp32, int8
+
+
 @pytest.fixture
 def server(archives):
     """Serves the ``archives`` fixture of the test module (URL path -> bytes) on 127.0.0.1, with

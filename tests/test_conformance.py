@@ -11,6 +11,7 @@ from rcan_deploy.benchmark import bench, gate
 from rcan_deploy.cli import main
 from rcan_deploy.cli.bench_commands import bench_command, gate_command
 from rcan_deploy.cli.commands import cli
+from conftest import tiny_int8_pair
 from test_int8_cpu import fault_mode
 
 if "bench" not in cli.commands:
@@ -23,12 +24,8 @@ QUANT = dict(dataset="samples", calib_crops=8, crop_size=48, selection_images=1,
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("conformance")
-    fp32, int8 = folder / "rcan.onnx", folder / "rcan_int8.onnx"
-    rcan_deploy.export(fp32, source="official", variant="rcan2-sr4k", random_weights=True,
-                       shape=(64, 96))
-    rcan_deploy.quantize(fp32, int8, target="openvino", **QUANT)
-    return fp32, int8
+    return tiny_int8_pair(tmp_path_factory.mktemp("conformance"), (64, 96), target="openvino",
+                          calib_crops=8, crop_size=48)
 
 
 @pytest.fixture(scope="module")

@@ -20,17 +20,15 @@ from rcan_deploy.archs import build_model, variant_config
 from rcan_deploy.cli import main
 from rcan_deploy.errors import UserError
 
+from conftest import tiny_int8_pair
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("robust")
-    fp32, int8 = folder / "rcan.onnx", folder / "rcan_int8.onnx"
-    rcan_deploy.export(fp32, source="official", variant="rcan2-sr4k", random_weights=True,
-                       shape=(32, 48))
-    rcan_deploy.quantize(fp32, int8, dataset="samples", calib_crops=4, crop_size=32,
-                         selection_images=1, mixed_precision=False, progress=False)
+    tiny_int8_pair(folder, (32, 48), calib_crops=4, crop_size=32)
     cv2.imwrite(str(folder / "a.png"), np.random.default_rng(0).integers(
         0, 256, (40, 56, 3), dtype=np.uint8))
     return folder

@@ -4,6 +4,7 @@ and the gate that fails a runtime departing from its own graph, or a report that
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import rcan_deploy
@@ -138,3 +139,22 @@ def test_gate_catches_saturating_int8_and_passes_7_bit_weights(tmp_path, monkeyp
     if verdicts["8"]["ok"]:
         pytest.skip(f"OpenVINO ({how}) did not saturate on these images")
     assert verdicts["8"]["value"] > 0.5 and verdicts["7"]["ok"]
+
+
+def test_openvino_refusing_a_graph_is_one_line_naming_it(tmp_path):
+    # ONNX Runtime's uint8 QDQ of the fused tail (quantized Concat -> DepthToSpace) trips
+    # OpenVINO's low-precision DepthToSpace pass: a one-line error, not a traceback
+    from rcan_deploy.backends import get_runner
+    from rcan_deploy.errors import UserError
+
+    fp32, int8 = tmp_path / "rcan.onnx", tmp_path / "rcan_int8.onnx"
+    rcan_deploy.export(fp32, source="official", variant="rcan-sr4k", shape=(64, 96))
+    rcan_deploy.quantize(fp32, int8, target="ort", **QUANT)
+    try:
+        with get_runner("openvino", int8) as runner:
+            runner.infer(np.zeros((1, 3, 64, 96), np.float32))
+    except UserError as exc:
+        assert str(int8) in str(exc) and "OpenVINO cannot compile" in str(exc)
+        assert "\n" not in str(exc)
+    else:
+        pytest.skip("this OpenVINO compiles the graph (its DepthToSpace pass was fixed)")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, short_reason
 from .base import ModelSource, Runner, import_optional, load_failure, model_path
 
 ISA_ENV = "RCAN_DEPLOY_OPENVINO_ISA"
@@ -46,7 +47,13 @@ def compile_model(model: ModelSource, threads: int | None):
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    return core.compile_model(network, "CPU", config).create_infer_request()
+    try:
+        return core.compile_model(network, "CPU", config).create_infer_request()
+    except RuntimeError as exc:
+        failed = re.search(r"\[(\w+Transformation)\]", str(exc))
+        reason = f"its {failed.group(1)} failed" if failed else short_reason(exc)
+        raise UserError(f"{path or 'graph'}: OpenVINO cannot compile this graph ({reason}); an "
+                        "INT8 graph for OpenVINO is made by quantize --target openvino") from None
 
 
 def run_request(request, x: np.ndarray) -> np.ndarray:

@@ -55,25 +55,23 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
     runtime, warning = selection_runtime(options.target)
     budget = selection_module.Budget(options.max_drop, options.max_worst_drop,
                                      options.min_int8_share)
-    search = None
-    qat = None
-    if options.selection_images == 0:
-        final = precision.apply_plan(quantized, plan) if plan else quantized
-        if options.qat_steps:
-            final, qat = qat_finetune(model, final, dataset, value_range, options, progress)
-        heldout = {"set": selection.describe(), "runtime": runtime,
-                   "not_measured": "--selection-images 0"}
-    else:
+    search = judge = qat = None
+    if options.selection_images != 0:
         images = selection_module.FrameImages.load(selection, options.selection_images)
         judge = selection_module.FrameJudge(model, images, runtime, value_range, progress)
         if options.mixed_precision and options.target != "ort":
             plan, search = selection_module.search_precision(quantized, judge, budget, plan,
                                                              progress)
-        final = precision.apply_plan(quantized, plan) if plan else quantized
-        if options.qat_steps:
-            before = selection_module.summarize(judge.drops(final))
-            final, qat = qat_finetune(model, final, dataset, value_range, options, progress)
+    final = precision.apply_plan(quantized, plan) if plan else quantized
+    if options.qat_steps:
+        before = selection_module.summarize(judge.drops(final)) if judge else None
+        final, qat = qat_finetune(model, final, dataset, value_range, options, progress)
+        if before:
             qat["before"] = {k: before[k] for k in ("mean_drop", "worst_drop", "worst_image")}
+    if judge is None:
+        heldout = {"set": selection.describe(), "runtime": runtime,
+                   "not_measured": "--selection-images 0"}
+    else:
         heldout = _frame_report(final, model, judge, budget, value_range, warning)
     macs = precision.int8_macs(final)
     q_record.update(plan=plan, plan_summary=precision.describe_plan(plan),
@@ -95,19 +93,19 @@ def quantize_file(model_path: str | Path, out: str | Path, options: QuantizeOpti
                    "weights_per_channel_range": weight_scale_ranges(final)},
         "heldout": heldout,
     })
-    if options.selection_images != 0:
+    if judge is not None:
         record.sections["latency"] = _latency(final, model, runtime)
     if search is not None:
         record.sections["mixed_precision"] = search
     if qat is not None:
-        if "mean_drop" in heldout:
+        if judge is not None:
             qat["after"] = {k: heldout[k] for k in ("mean_drop", "worst_drop", "worst_image")}
         record.sections["qat"] = qat
     return save_onnx(final, out, record)
 
 
 def qat_finetune(fp32, quantized, dataset, value_range: int, options: QuantizeOptions,
-              progress: bool | None):
+                 progress: bool | None):
     """Quantization-aware fine-tuning of the quantized graph on the calibration images
     (:mod:`rcan_deploy.quant.qat`); returns the graph and its record."""
     from ..data.io import to_uint8

@@ -13,7 +13,7 @@ Rows:
 - mixed precision: ``rcan-deploy quantize`` defaults (max, float stream, per-layer int8 /
   int8x2 / float chosen on whole images of the val split within 0.05 dB mean, 0.2 dB worst);
 - mixed precision + QAT: that graph, then fine-tuned as ``quantize --qat N`` does (learned
-  activation scales), the documented recipe for the tightest budgets;
+  activation scales);
 - the defaults with 7-bit weights, without and with QAT, run by OpenVINO as on a CPU without
   VNNI (oneDNN limited to AVX-512 without VNNI), what ``--weight-bits auto`` gives on CPUs whose
   int8 sums saturate.

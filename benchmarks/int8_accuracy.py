@@ -69,7 +69,8 @@ def main() -> None:
     fp32 = onnx.load(str(fp32_path))
     test = FrameImages.load(get_dataset("photos", 2, split="test"))
     judge = FrameJudge(fp32, test, "openvino", 255)
-    crops = calibration_crops(get_dataset("photos", 2, split="calib"), 64, 128, 0).array * 255
+    calib = get_dataset("photos", 2, split="calib")
+    crops = calibration_crops(calib, 64, 128, 0).array * 255
     rows = [{"method": "FP32, naive graph (--no-optimize)", "model": onnx.load(str(naive_path)),
              "seconds": None},
             {"method": "FP32 (optimized graph)", "model": fp32, "seconds": None}]
@@ -95,8 +96,7 @@ def main() -> None:
     rows.append(mixed)
     start = time.perf_counter()
     options = QuantizeOptions(qat_steps=args.qat_steps)
-    tuned, _ = qat_finetune(fp32, mixed["model"], get_dataset("photos", 2, split="calib"), 255,
-                           options, progress=False)
+    tuned, _ = qat_finetune(fp32, mixed["model"], calib, 255, options, progress=False)
     rows.append({"method": f"mixed precision + QAT {args.qat_steps} steps (--qat "
                            f"{args.qat_steps})", "model": tuned,
                  "seconds": mixed["seconds"] + time.perf_counter() - start})
@@ -106,8 +106,7 @@ def main() -> None:
     rows.append({"method": "mixed precision, 7-bit weights, OpenVINO without VNNI", **seven,
                  "judge": seven_judge, "isa": NO_VNNI})
     start = time.perf_counter()
-    seven_tuned, _ = qat_finetune(fp32, seven["model"], get_dataset("photos", 2, split="calib"),
-                                  255, options, progress=False)
+    seven_tuned, _ = qat_finetune(fp32, seven["model"], calib, 255, options, progress=False)
     rows.append({"method": f"the same + QAT {args.qat_steps} steps, OpenVINO without VNNI",
                  "model": seven_tuned, "judge": seven_judge, "isa": NO_VNNI,
                  "seconds": seven["seconds"] + time.perf_counter() - start})

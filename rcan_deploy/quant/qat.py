@@ -89,9 +89,10 @@ def _int_range(dtype: int) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
-def _per_axis(tensor: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
-    """A scale or zero point shaped to broadcast along ``axis`` of an ``ndim`` tensor."""
-    if tensor.numel() == 1:
+def _per_axis(tensor, ndim: int, axis: int):
+    """A scale or zero point (torch or numpy) shaped to broadcast along ``axis`` of an ``ndim``
+    tensor."""
+    if math.prod(tensor.shape) == 1:
         return tensor.reshape(())
     shape = [1] * ndim
     shape[axis % ndim] = -1
@@ -218,8 +219,8 @@ class GraphModule:
             scale = arrays[node.input[1]].astype(np.float32)
             weight = arrays[source].astype(np.float32)
             if stored_int:
-                weight = (weight - _np_axis(zero, weight.ndim, axis)) * _np_axis(
-                    scale, weight.ndim, axis)
+                weight = (weight - _per_axis(zero.astype(np.float32), weight.ndim, axis)) * \
+                    _per_axis(scale, weight.ndim, axis)
                 floats[source] = weight
             dtype = self.dtypes[zero_name] if zero_name else onnx.TensorProto.UINT8
             if stored_int and arrays[source].dtype == np.int32:
@@ -500,14 +501,6 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
             value = onnx.helper.get_attribute_value(attribute)
             return value.decode() if isinstance(value, bytes) else value
     return default
-
-
-def _np_axis(array: np.ndarray, ndim: int, axis: int) -> np.ndarray:
-    if array.size == 1:
-        return array.reshape(())
-    shape = [1] * ndim
-    shape[axis % ndim] = -1
-    return array.reshape(shape).astype(np.float32)
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
